@@ -1,0 +1,204 @@
+"""Asynchronous, isolated delivery of tracker calls: one bounded queue and one worker thread
+per tracker, so the training loop never waits on a backend's network or disk, and a broken
+backend never stops training (unless strict mode asks for exactly that)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+
+from .tracker import Tracker
+
+logger = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_FAILURES = 3
+_STOP = object()
+
+
+class TrackerError(RuntimeError):
+    """A tracker failed while strict mode (``tracker_strict`` / ``TRACKMUX_STRICT=1``) is on."""
+
+
+class _Flush:
+    __slots__ = ("done",)
+
+    def __init__(self):
+        self.done = threading.Event()
+
+
+class TrackerWorker:
+    """Runs one tracker's calls in order, off the loop.
+
+    ``submit`` never blocks while the queue has room; when it is full the loop waits (nothing
+    is dropped) and says so once per stall. An exception inside the tracker is reported once
+    with its traceback; after ``MAX_CONSECUTIVE_FAILURES`` in a row, or a failed ``start``, the
+    tracker is disabled and the rest of training goes on without it.
+    """
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        queue_size: int = 10000,
+        strict: bool = False,
+        stall_warning_after: float = 5.0,
+    ):
+        self.tracker = tracker
+        self.name = tracker.name or type(tracker).__name__
+        self.strict = strict
+        self.stall_warning_after = stall_warning_after
+        self.disabled = False
+        self.failures = 0
+        self.reported = False
+        self.error: BaseException | None = None
+        self.identity: dict | None = None
+        self.stalls = 0
+        self.stalled_seconds = 0.0
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        if not tracker.synchronous:
+            self._queue = queue.Queue(maxsize=queue_size)
+            self._thread = threading.Thread(
+                target=self._run, name=f"trackmux-{self.name}", daemon=True
+            )
+            self._thread.start()
+
+    # -- loop side -----------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def submit(self, method: str, *arguments) -> None:
+        self.raise_if_failed()
+        if self.disabled:
+            return
+        if self._queue is None:
+            self._call(method, arguments)
+            self.raise_if_failed()
+            return
+        item = (method, arguments)
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._wait_for_room(item)
+
+    def _wait_for_room(self, item) -> None:
+        began = time.monotonic()
+        warned = False
+        self.stalls += 1
+        while True:
+            try:
+                self._queue.put(item, timeout=0.5)
+                break
+            except queue.Full:
+                waited = time.monotonic() - began
+                if not warned and waited >= self.stall_warning_after:
+                    warned = True
+                    logger.warning(
+                        "tracker %r is behind: its queue is full (%d records); training waits "
+                        "for it (nothing is dropped)",
+                        self.name,
+                        self._queue.maxsize,
+                    )
+                if self.disabled or not self._thread.is_alive():
+                    return
+        self.stalled_seconds += time.monotonic() - began
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything submitted so far was delivered (at most ``timeout`` s)."""
+        if self.disabled:
+            return True
+        if self._queue is None:
+            self._call("flush", ())
+            self.raise_if_failed()
+            return True
+        marker = _Flush()
+        self.submit("flush", marker)
+        done = marker.done.wait(timeout)
+        if not done:
+            logger.warning(
+                "tracker %r did not flush within %.0f s (%d records pending); training goes on",
+                self.name,
+                timeout,
+                self.pending,
+            )
+        self.raise_if_failed()
+        return done
+
+    def close(self, timeout: float) -> None:
+        """Stop the worker after what was submitted; abandon what is left after ``timeout``."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP) if not self.disabled else self._put_stop_nowait()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning(
+                "tracker %r did not finish within %.0f s: abandoning %d pending records "
+                "(TrainingArguments.tracker_close_timeout)",
+                self.name,
+                timeout,
+                self.pending,
+            )
+            self.disabled = True
+
+    def _put_stop_nowait(self) -> None:
+        try:
+            self._queue.put_nowait(_STOP)
+        except queue.Full:
+            pass
+
+    def raise_if_failed(self) -> None:
+        if self.strict and self.error is not None:
+            error, self.error = self.error, None
+            raise TrackerError(f"tracker {self.name!r} failed: {error!r}") from error
+
+    # -- worker side ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            method, arguments = item
+            if method == "flush":
+                if not self.disabled:
+                    self._call("flush", ())
+                arguments[0].done.set()
+            elif not self.disabled:
+                self._call(method, arguments)
+
+    def _call(self, method: str, arguments) -> None:
+        try:
+            result = getattr(self.tracker, method)(*arguments)
+        except Exception as error:
+            self._failed(method, error)
+            return
+        self.failures = 0
+        if method == "start":
+            self.identity = result if isinstance(result, dict) else None
+
+    def _failed(self, method: str, error: Exception) -> None:
+        self.failures += 1
+        if self.strict and self.error is None:
+            self.error = error
+        if not self.reported:
+            self.reported = True
+            logger.error(
+                "tracker %r failed in %s(); training goes on without this record:\n%s",
+                self.name,
+                method,
+                "".join(traceback.format_exception(error)).rstrip(),
+            )
+        else:
+            logger.debug("tracker %r failed again in %s(): %r", self.name, method, error)
+        if method == "start" or self.failures >= MAX_CONSECUTIVE_FAILURES:
+            self.disabled = True
+            logger.error(
+                "tracker %r is disabled for the rest of this run (%s); the other trackers and "
+                "training go on",
+                self.name,
+                "it could not start" if method == "start" else f"{self.failures} failures in a row",
+            )

@@ -1,0 +1,132 @@
+"""Resolving ``TrainingArguments.report_to`` into the trackers of a run, when training starts
+(so ``args.report_to = "none"`` after construction is honoured)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from .plugins import PluginRegistry
+
+#: the names users know from Hugging Face, each a ``trackmux-<name>`` distribution
+KNOWN_TRACKERS = (
+    "tensorboard",
+    "wandb",
+    "mlflow",
+    "comet_ml",
+    "neptune",
+    "clearml",
+    "dvclive",
+    "codecarbon",
+    "azure_ml",
+    "dagshub",
+    "flyte",
+)
+
+
+class ReportToError(ValueError):
+    """``report_to`` names a tracker that cannot run; raised before any training."""
+
+
+@dataclass
+class Selection:
+    chosen: list = field(default_factory=list)  # PluginInfo, in report_to order
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+
+    def summary(self, explicit=()) -> str:
+        names = [info.name for info in self.chosen] + [t.name for t in explicit]
+        line = "trackmux: reporting to " + (", ".join(names) if names else "no tracker")
+        if self.skipped:
+            line += "; skipped " + "; ".join(f"{name} ({why})" for name, why in self.skipped)
+        return line
+
+
+def distribution_name(name: str) -> str:
+    return "trackmux-" + name.replace("_", "-")
+
+
+def requested_names(report_to) -> list[str] | None:
+    """The names ``report_to`` asks for, deduplicated in order; None means "all"."""
+    if report_to is None:
+        return []
+    if isinstance(report_to, str):
+        report_to = [part for part in report_to.split(",")]
+    if not isinstance(report_to, list | tuple):
+        raise ReportToError(
+            f"TrainingArguments.report_to={report_to!r} must be 'all', 'none', None, a tracker "
+            "name or a list of names"
+        )
+    names: list[str] = []
+    for item in report_to:
+        if not isinstance(item, str):
+            raise ReportToError(
+                f"TrainingArguments.report_to contains {item!r}; every entry must be a string"
+            )
+        name = item.strip()
+        if name and name not in names:
+            names.append(name)
+    if "none" in names:
+        if len(names) > 1:
+            raise ReportToError(
+                f"TrainingArguments.report_to={report_to!r} mixes 'none' with tracker names; "
+                "use 'none' alone to report nowhere, or list only the trackers you want"
+            )
+        return []
+    if "all" in names:  # "all" already includes whatever else is listed
+        return None
+    return names
+
+
+def resolve(report_to, registry: PluginRegistry, explicit_names=()) -> Selection:
+    """Pick the trackers ``report_to`` asks for. ``explicit_names`` are trackers the user
+    passed as objects: they are used as given and not looked up."""
+    names = requested_names(report_to)
+    selection = Selection()
+    if names is None:
+        for info in registry.plugins.values():
+            if info.name in explicit_names:
+                continue
+            if not info.available:
+                selection.skipped.append((info.name, info.reason))
+                continue
+            unconfigured = info.tracker_class.unconfigured_reason()
+            if unconfigured:
+                selection.skipped.append((info.name, f"not configured: {unconfigured}"))
+                continue
+            selection.chosen.append(info)
+        missing = [n for n in KNOWN_TRACKERS if n not in registry.plugins]
+        if missing:
+            selection.skipped.append(
+                (", ".join(missing), "not installed: pip install trackmux-<name>")
+            )
+        return selection
+    for name in names:
+        if name in explicit_names:
+            continue
+        info = registry.get(name)
+        if info is None:
+            raise ReportToError(_unknown_name_message(name, registry))
+        if not info.available:
+            fix = f"; fix: {info.fix}" if info.fix else ""
+            raise ReportToError(
+                f"report_to names {name!r}, which is installed but cannot run: {info.reason}{fix}"
+            )
+        selection.chosen.append(info)
+    return selection
+
+
+def _unknown_name_message(name: str, registry: PluginRegistry) -> str:
+    installed = sorted(registry.plugins)
+    candidates = sorted(set(installed) | set(KNOWN_TRACKERS))
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    install = (
+        f" If it is a tracker plugin, install it: pip install {distribution_name(name)}."
+        if not close
+        else ""
+    )
+    return (
+        f"report_to names {name!r}, which is not an installed tracker.{hint}{install} "
+        f"Installed: {', '.join(installed) or 'none'}. Known plugins: "
+        f"{', '.join(KNOWN_TRACKERS)} (pip install trackmux-<name>)."
+    )

@@ -1,0 +1,289 @@
+"""The conformance suite every tracker plugin reuses.
+
+A plugin's tests subclass :class:`TrackerConformance`, say how to build its tracker and how
+to read its backend's data back, and inherit tests that check, once for all plugins:
+
+- params and config arrive;
+- every metric arrives at every logged step with its value (compared with the jsonl log
+  written in the same run);
+- the run's status on success, failure and interrupt;
+- resuming from a checkpoint continues the same backend run;
+- nothing is created on non-main ranks;
+- a missing backend is reported as unavailable, with the pip line that fixes it.
+
+Example::
+
+    class TestMyTracker(TrackerConformance):
+        tracker_class = MyTracker
+
+        def make_tracker(self, tmp_path):
+            return MyTracker(dir=str(tmp_path / "backend"))
+
+        def read_back(self, tracker, tmp_path):
+            return RunData(params=..., metrics=..., status=..., runs=...)
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "max_steps": 8,
+    "logging_steps": 2,
+    "eval_strategy": "steps",
+    "eval_steps": 4,
+    "save_steps": 4,
+    "per_device_train_batch_size": 8,
+    "learning_rate": 0.01,
+    "seed": 7,
+    "disable_tqdm": True,
+    "report_to": ["jsonl"],
+    "tracker_strict": True,
+    "run_name": "conformance",
+}
+HYPERPARAMETERS = {"dataset": "toy-regression", "note": "conformance"}
+
+
+@dataclass
+class RunData:
+    """What a backend holds about the runs of a test, in trackmux's terms.
+
+    ``metrics`` maps the names trackmux sent (after the tracker's ``sanitize_name``) to
+    ``[(step, value), ...]``; ``status`` is "success", "failed", "killed" or None when the
+    backend has no notion of it; ``runs`` counts the distinct backend runs found.
+    """
+
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    status: str | None = None
+    runs: int = 1
+
+
+class _StopAt:
+    """A callback raising ``error`` at the start of step ``step`` (after step-1 finished)."""
+
+    def __new__(cls, step: int, error: BaseException):
+        from trackmux import TrainerCallback
+
+        class StopAt(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if state.global_step + 1 == step:
+                    raise error
+
+        return StopAt()
+
+
+def run_training(output_dir, tracker=None, *, callbacks=(), resume=None, **overrides):
+    """Train the toy model for a few steps, reporting to jsonl and ``tracker``."""
+    from trackmux import Trainer, TrainingArguments
+    from trackmux.testing.toy import RegressionDataset, TinyRegressor
+
+    arguments = {**TRAINING_DEFAULTS, "output_dir": str(output_dir), **overrides}
+    trainer = Trainer(
+        model=TinyRegressor(),
+        args=TrainingArguments(**arguments),
+        train_dataset=RegressionDataset(32),
+        eval_dataset=RegressionDataset(16, seed=1),
+        callbacks=list(callbacks),
+        trackers=[tracker] if tracker is not None else None,
+        hyperparameters=HYPERPARAMETERS,
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def jsonl_log(output_dir):
+    from trackmux.runlog import find_runs, read_run
+
+    runs = find_runs(output_dir)
+    assert runs, f"no jsonl run log under {output_dir}"
+    return read_run(runs[-1])
+
+
+class TrackerConformance:
+    """Subclass this in a plugin's tests; implement :meth:`make_tracker` and
+    :meth:`read_back`, set :attr:`tracker_class`."""
+
+    tracker_class: ClassVar[type]
+    #: relative tolerance for values read back (float32 backends need about 1e-6)
+    rel_tolerance: ClassVar[float] = 0.0
+    #: params come back as strings (MLflow, ClearML)
+    params_as_strings: ClassVar[bool] = False
+    #: metric names the backend does not keep (e.g. runtimes it drops)
+    ignored_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def make_tracker(self, tmp_path: Path):
+        """A configured tracker writing under ``tmp_path``."""
+        raise NotImplementedError
+
+    def read_back(self, tracker, tmp_path: Path) -> RunData:
+        """Read what the backend stored, with the backend's own reader."""
+        raise NotImplementedError
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def train(self, tmp_path, tracker=None, **overrides):
+        tracker = tracker if tracker is not None else self.make_tracker(tmp_path)
+        trainer = run_training(tmp_path / "out", tracker, **overrides)
+        return trainer, tracker
+
+    def expected_name(self, tracker, name: str) -> str:
+        return tracker.sanitize_name(name)
+
+    def assert_same_value(self, got, expected, what: str) -> None:
+        if isinstance(expected, float) and math.isnan(expected):
+            assert math.isnan(got), what
+        elif self.rel_tolerance:
+            assert got == pytest.approx(expected, rel=self.rel_tolerance), what
+        else:
+            assert got == expected, what
+
+    def assert_metrics_match_log(self, tracker, data: RunData, log) -> None:
+        for name, history in log.metrics.items():
+            if name in self.ignored_metrics:
+                continue
+            stored = data.metrics.get(self.expected_name(tracker, name))
+            assert stored is not None, (
+                f"metric {name!r} missing; backend has {sorted(data.metrics)}"
+            )
+            assert [s for s, _ in stored] == [s for s, _ in history], f"steps of {name!r}"
+            for (step, got), (_, expected) in zip(stored, history):
+                self.assert_same_value(got, expected, f"{name!r} at step {step}")
+
+    # -- the suite ---------------------------------------------------------------------
+
+    def test_params_and_config_arrive(self, trackmux_env):
+        trainer, tracker = self.train(trackmux_env)
+        data = self.read_back(tracker, trackmux_env)
+        expected = {
+            "learning_rate": 0.01,
+            "max_steps": 8,
+            "per_device_train_batch_size": 8,
+            "dataset": "toy-regression",
+        }
+        for key, value in expected.items():
+            name = self.expected_name(tracker, key)
+            assert name in data.params, f"param {key!r} missing; got {sorted(data.params)[:20]}"
+            got = data.params[name]
+            if self.params_as_strings:
+                assert str(got) == str(value), key
+            else:
+                assert got == value, key
+
+    def test_every_metric_at_every_step(self, trackmux_env):
+        trainer, tracker = self.train(trackmux_env)
+        data = self.read_back(tracker, trackmux_env)
+        log = jsonl_log(trackmux_env / "out")
+        assert [s for s, _ in log.history("train/loss")] == [2, 4, 6, 8]
+        assert [s for s, _ in log.history("eval/loss")] == [4, 8]
+        self.assert_metrics_match_log(tracker, data, log)
+
+    def test_status_success(self, trackmux_env):
+        trainer, tracker = self.train(trackmux_env)
+        data = self.read_back(tracker, trackmux_env)
+        if data.status is not None:
+            assert data.status == "success"
+
+    @pytest.mark.parametrize(
+        "error, status", [(RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "killed")]
+    )
+    def test_status_when_training_ends_early(self, trackmux_env, error, status):
+        tracker = self.make_tracker(trackmux_env)
+        with pytest.raises(type(error)):
+            run_training(trackmux_env / "out", tracker, callbacks=[_StopAt(5, error)])
+        data = self.read_back(tracker, trackmux_env)
+        log = jsonl_log(trackmux_env / "out")
+        assert log.status == status
+        if data.status is not None:
+            assert data.status == status
+        # what was logged before the error still arrived
+        self.assert_metrics_match_log(tracker, data, log)
+
+    def test_resume_continues_the_same_run(self, trackmux_env):
+        tracker = self.make_tracker(trackmux_env)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(trackmux_env / "out", tracker, callbacks=[_StopAt(6, KeyboardInterrupt())])
+        resumed = self.make_tracker(trackmux_env)
+        run_training(trackmux_env / "out", resumed, resume=True)
+        data = self.read_back(resumed, trackmux_env)
+        assert data.runs == 1, f"resuming opened {data.runs} backend runs instead of one"
+        steps = [s for s, _ in data.metrics[self.expected_name(resumed, "train/loss")]]
+        assert steps[-1] == 8 and 2 in steps
+        if data.status is not None:
+            assert data.status == "success"
+
+    def test_nothing_on_non_main_ranks(self, trackmux_env, monkeypatch):
+        from trackmux import Trainer, TrainingArguments
+        from trackmux.distributed import DistributedContext
+        from trackmux.hub import TrackerHub
+        from trackmux.testing.toy import TinyRegressor
+
+        created = []
+        tracker_class = self.tracker_class
+
+        class Counting(tracker_class):
+            def __init__(self, *args, **kwargs):
+                created.append(self)
+                super().__init__(*args, **kwargs)
+
+        args = TrainingArguments(output_dir=str(trackmux_env / "out"), report_to="none")
+        trainer = Trainer(TinyRegressor(), args, trackers=[])
+        trainer.distributed = DistributedContext(world_size=2, rank=1, local_rank=1)
+        from trackmux.plugins import get_registry
+
+        registry = get_registry()
+        monkeypatch.setitem(registry.plugins, tracker_class.name, _info_for(Counting))
+        trainer.args.report_to = [tracker_class.name]
+        hub = TrackerHub.for_trainer(trainer)
+        assert hub.trackers == [] and created == []
+
+    def test_unavailable_backend_is_reported(self, monkeypatch):
+        from trackmux.plugins import UNAVAILABLE, PluginRegistry
+
+        if not self.tracker_class.requires:
+            pytest.skip("this tracker has no backend requirement")
+        missing = {_distribution(text) for text in self.tracker_class.requires}
+        real_version = importlib.metadata.version
+
+        def version(name):
+            if name in missing:
+                raise importlib.metadata.PackageNotFoundError(name)
+            return real_version(name)
+
+        monkeypatch.setattr(importlib.metadata, "version", version)
+        registry = PluginRegistry()
+        registry.add_tracker(self.tracker_class)
+        info = registry.get(self.tracker_class.name)
+        assert info.status == UNAVAILABLE
+        assert "not installed" in info.reason
+        assert info.fix.startswith("pip install ")
+        from trackmux.report_to import ReportToError, resolve
+
+        with pytest.raises(ReportToError, match="cannot run"):
+            resolve([self.tracker_class.name], registry)
+        assert info.name in [name for name, _ in resolve("all", registry).skipped]
+
+
+def _distribution(requirement: str) -> str:
+    from packaging.requirements import Requirement
+
+    return Requirement(requirement).name
+
+
+def _info_for(tracker_class):
+    from trackmux.plugins import AVAILABLE, PluginInfo
+
+    return PluginInfo(
+        name=tracker_class.name,
+        distribution=None,
+        version=None,
+        status=AVAILABLE,
+        tracker_class=tracker_class,
+    )

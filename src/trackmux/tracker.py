@@ -1,0 +1,178 @@
+"""The ``Tracker`` base class: what a tracker plugin author subclasses.
+
+An author overrides four methods, all called off the training loop by a worker thread:
+
+- :meth:`Tracker.start` opens (or resumes) a run with its name and flattened config;
+- :meth:`Tracker.log_metrics` records numbers at a global step;
+- :meth:`Tracker.log_artifact` uploads a checkpoint or model directory (optional);
+- :meth:`Tracker.finish` closes the run with a status: "success", "failed" or "killed".
+
+Everything every integration would otherwise repeat is done once by trackmux before these
+calls: the main-process rule, keeping only numbers, namespacing metric names, flattening and
+redacting params, the backend's limits on names and values (set the class attributes below),
+run identity for resume, error isolation and asynchronous delivery. An author who needs more
+(watching a model, drawing a graph) implements any hook of :mod:`trackmux.hookspecs` as a
+method decorated with ``@trackmux.hookimpl``; those run on the loop thread, error-isolated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+logger = logging.getLogger(__name__)
+
+SUCCESS = "success"
+FAILED = "failed"
+KILLED = "killed"
+STATUSES = (SUCCESS, FAILED, KILLED)
+
+ARTIFACT_POLICIES = ("none", "end", "checkpoint", "best", "last")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass
+class RunInfo:
+    """What :meth:`Tracker.start` receives.
+
+    ``config`` is already flat (keys joined with the tracker's ``param_separator``), redacted
+    and cut to the tracker's limits. ``resume`` is the identity a previous :meth:`start`
+    returned for this run (from this Trainer, or from the checkpoint being resumed), or None
+    for a new run. ``kind`` says what opened it: "train", "evaluate" or "predict".
+    """
+
+    name: str
+    config: dict[str, Any]
+    output_dir: str
+    resume: dict[str, Any] | None = None
+    kind: str = "train"
+    args: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Tracker:
+    """Base class of every tracker. Subclass it, set ``name`` and ``requires``, override
+    :meth:`start`, :meth:`log_metrics`, :meth:`finish` (and :meth:`log_artifact` if the
+    backend stores files)."""
+
+    #: the ``report_to`` name (the entry-point name for a plugin)
+    name: ClassVar[str] = ""
+    #: backend requirements, checked against installed distributions without importing them,
+    #: e.g. ``("tensorboard>=2.10",)``
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: top-level modules that must be importable (default: derived from ``requires``)
+    backend_modules: ClassVar[tuple[str, ...]] = ()
+    #: the pip line that installs this plugin
+    pip_name: ClassVar[str | None] = None
+    #: True to be created on every rank, not only the main process
+    all_ranks: ClassVar[bool] = False
+    #: True to be called inline on the loop thread (cheap local writers only)
+    synchronous: ClassVar[bool] = False
+    #: joins nested config keys
+    param_separator: ClassVar[str] = "/"
+    #: backend limits applied by trackmux, with a warning when something is cut
+    max_name_length: ClassVar[int | None] = None
+    max_param_value_length: ClassVar[int | None] = None
+    #: environment variable that sets this tracker's artifact policy (e.g. HF_MLFLOW_LOG_ARTIFACTS)
+    artifacts_env: ClassVar[str | None] = None
+
+    def __init__(self, **settings):
+        self.settings = settings
+        self.run_info: RunInfo | None = None
+
+    # -- configuration -----------------------------------------------------------------
+
+    def setting(self, key: str, default=None, *, env: str | None = None, cast=None):
+        """A setting: given in code (``tracker_config`` or the constructor) wins over the
+        environment variable ``env``, which wins over ``default``."""
+        if key in self.settings and self.settings[key] is not None:
+            value = self.settings[key]
+        elif env and os.environ.get(env) not in (None, ""):
+            value = os.environ[env]
+        else:
+            return default
+        return cast(value) if cast is not None and isinstance(value, str) else value
+
+    def artifact_policy(self, default: str = "none") -> str:
+        """none / end / checkpoint / best / last: from the ``artifacts`` setting, then the
+        plugin's ``artifacts_env`` (a policy name, or true = "end" / false = "none"), then
+        ``TrainingArguments.tracker_artifacts``."""
+        value = self.setting("artifacts", env=self.artifacts_env)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return "end" if value else "none"
+        text = str(value).strip().lower()
+        if text in ARTIFACT_POLICIES:
+            return text
+        if text in _TRUE:
+            return "end"
+        if text in _FALSE:
+            return "none"
+        source = f"environment variable {self.artifacts_env}" if self.artifacts_env else "setting"
+        raise ValueError(
+            f"{self.name}: artifacts {source}={value!r} is not a policy; choose one of "
+            f"{', '.join(ARTIFACT_POLICIES)} (or true/false)"
+        )
+
+    @classmethod
+    def unconfigured_reason(cls) -> str | None:
+        """Why this tracker should not be picked by ``report_to="all"`` (say, no workspace
+        configured), or None when it can run. Explicitly named trackers still run."""
+        return None
+
+    @classmethod
+    def mode(cls) -> str:
+        """How the tracker would run now: "local", "offline" or "online" (shown by
+        ``trackmux plugins``)."""
+        return "local"
+
+    def where(self) -> str | None:
+        """After :meth:`start`: where the data is and how to look at it, in one line."""
+        return None
+
+    # -- names and values -----------------------------------------------------------------
+
+    def sanitize_name(self, name: str) -> str:
+        """Make a metric or param name acceptable to the backend (override per backend)."""
+        return name
+
+    # -- what authors implement ----------------------------------------------------------
+
+    def start(self, run: RunInfo) -> dict[str, Any] | None:
+        """Open a run (or reopen ``run.resume``) and record ``run.config``.
+
+        Return the run's identity (a run id, an experiment key) as a small JSON-able dict:
+        trackmux stores it in the checkpoint so a resumed training continues this run.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement start()")
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None = None):
+        """Record numeric ``metrics`` (names like ``train/loss``) at the global ``step``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement log_metrics()")
+
+    def log_summary(self, metrics: dict[str, float], step: int) -> None:
+        """End-of-training values (``train/train_runtime``, ``train/train_loss``...);
+        by default logged like any metrics."""
+        self.log_metrics(metrics, step)
+
+    def log_artifact(self, path: str, kind: str, step: int) -> None:
+        """Store the directory ``path``: ``kind`` is "checkpoint" or "model". Only called
+        when the artifact policy asks for it and the tracker overrides this method."""
+
+    def flush(self) -> None:
+        """Make what was logged durable (called at every save and before finishing)."""
+
+    def finish(self, status: str) -> None:
+        """Close the run: ``status`` is "success", "failed" or "killed"."""
+        raise NotImplementedError(f"{type(self).__name__} must implement finish()")
+
+    @classmethod
+    def stores_artifacts(cls) -> bool:
+        return cls.log_artifact is not Tracker.log_artifact
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

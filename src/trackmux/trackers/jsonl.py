@@ -1,0 +1,92 @@
+"""The ``jsonl`` tracker: trackmux's own local, durable run log.
+
+``<output_dir>/runs/<run name>/events.jsonl`` holds one JSON object a line: ``start``
+(config), ``metrics`` (step, epoch, wall time), ``summary``, ``artifact`` and ``finish``
+(status). Each record is flushed as it is written and fsynced at every save and at the end,
+so a crash loses nothing that was logged. It runs inline on the loop thread (a line write is
+cheaper than a queue hand-off) and is always available. Read it back with
+:func:`trackmux.runlog.read_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+from ..tracker import RunInfo, Tracker
+
+EVENTS_FILE = "events.jsonl"
+FORMAT_VERSION = 1
+
+
+def _json_number(value):
+    # JSON has no NaN/inf: write them as strings the reader turns back into floats
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class JsonlTracker(Tracker):
+    name = "jsonl"
+    synchronous = True
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        self.directory: str | None = None
+        self._file = None
+
+    def start(self, run: RunInfo):
+        resume = run.resume or {}
+        name = resume.get("run", run.name)
+        root = self.setting("dir", default=os.path.join(run.output_dir, "runs"))
+        self.directory = os.path.join(root, name)
+        os.makedirs(self.directory, exist_ok=True)
+        # kept open for the whole run, closed in finish()
+        self._file = open(os.path.join(self.directory, EVENTS_FILE), "a", encoding="utf-8")  # noqa: SIM115
+        self._write(
+            {
+                "type": "start",
+                "format": FORMAT_VERSION,
+                "run": name,
+                "kind": run.kind,
+                "resumed": bool(run.resume),
+                "config": run.config,
+            }
+        )
+        return {"run": name}
+
+    def log_metrics(self, metrics, step, epoch=None):
+        self._write({"type": "metrics", "step": step, "epoch": epoch, "metrics": metrics})
+
+    def log_summary(self, metrics, step):
+        self._write({"type": "summary", "step": step, "metrics": metrics})
+
+    def log_artifact(self, path, kind, step):
+        self._write({"type": "artifact", "step": step, "kind": kind, "path": os.path.abspath(path)})
+
+    def flush(self):
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def finish(self, status):
+        if self._file is None:
+            return
+        self._write({"type": "finish", "status": status})
+        self.flush()
+        self._file.close()
+        self._file = None
+
+    def where(self):
+        if self.directory is None:
+            return None
+        return f"{os.path.join(self.directory, EVENTS_FILE)} (trackmux show {self.directory})"
+
+    def _write(self, record: dict) -> None:
+        record["time"] = time.time()
+        if "metrics" in record:
+            record["metrics"] = {k: _json_number(v) for k, v in record["metrics"].items()}
+        self._file.write(json.dumps(record, default=str) + "\n")
+        self._file.flush()

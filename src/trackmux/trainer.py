@@ -1,0 +1,946 @@
+"""The Trainer: a small PyTorch training loop whose every event goes through the pluggy
+protocol of :mod:`trackmux.hookspecs`.
+
+Change the loop by subclassing: ``get_train_dataloader``, ``get_eval_dataloader``,
+``create_optimizer``, ``create_scheduler``, ``compute_loss``, ``training_step`` and
+``prediction_step`` are the documented extension points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Mapping
+
+import pluggy
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate
+from torch.utils.data.distributed import DistributedSampler
+
+from . import hookspecs
+from .distributed import DistributedContext
+from .trainer_callback import (
+    CallbackHandler,
+    DefaultFlowCallback,
+    PrinterCallback,
+    ProgressCallback,
+)
+from .trainer_state import STATE_FILE_NAME, ExportableState, TrainerControl, TrainerState
+from .trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    EvalPrediction,
+    PredictionOutput,
+    TrainOutput,
+    capture_rng_state,
+    get_last_checkpoint,
+    get_scheduler,
+    restore_rng_state,
+    set_seed,
+    sorted_checkpoints,
+)
+from .training_args import TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+OPTIMIZER_NAME = "optimizer.pt"
+SCHEDULER_NAME = "scheduler.pt"
+SCALER_NAME = "scaler.pt"
+CONFIG_NAME = "config.json"
+
+
+class _ContiguousShardSampler(Sampler):
+    """Evaluation sharding: rank r reads one contiguous slice, padded to equal length, so
+    gathering the ranks' outputs in rank order restores the dataset order."""
+
+    def __init__(self, length: int, world_size: int, rank: int):
+        self.per_rank = math.ceil(length / world_size)
+        self.length = length
+        self.rank = rank
+
+    def __iter__(self):
+        start = self.rank * self.per_rank
+        for index in range(start, start + self.per_rank):
+            yield min(index, self.length - 1)
+
+    def __len__(self):
+        return self.per_rank
+
+
+class Trainer:
+    """Train, evaluate and predict with a PyTorch model, emitting every event to callbacks,
+    plugins and trackers.
+
+    Args:
+        model: a ``torch.nn.Module`` whose forward returns the loss in a dict (``"loss"``),
+            a tuple (first item), an object (``.loss``) or as a plain tensor.
+        args: the :class:`TrainingArguments` (default: ``TrainingArguments()``).
+        data_collator: turns a list of samples into a batch (default: torch's
+            ``default_collate``).
+        train_dataset, eval_dataset: map-style datasets (or an iterable dataset with
+            ``max_steps``).
+        processing_class: tokenizer / processor, passed through to hooks and saved with
+            checkpoints when it has ``save_pretrained``.
+        compute_metrics: ``EvalPrediction -> dict`` of metrics, called after each evaluation.
+        callbacks: ``TrainerCallback`` classes or instances, added after the flow callback.
+        optimizers: ``(optimizer, lr_scheduler)`` to use instead of AdamW + the schedule.
+        trackers: ``Tracker`` instances to report to, on top of those ``report_to`` selects.
+        tracker_config: per-tracker settings, e.g. ``{"mlflow": {"experiment_name": "x"}}``;
+            they win over the environment variables each plugin reads.
+        hyperparameters: extra values recorded in every tracker's run config.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: TrainingArguments | None = None,
+        data_collator=None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict | None = None,
+        processing_class=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        trackers=None,
+        tracker_config: dict | None = None,
+        hyperparameters: dict | None = None,
+    ):
+        if model is None:
+            raise ValueError("Trainer: model is required (a torch.nn.Module)")
+        self.args = args if args is not None else TrainingArguments()
+        self.args.validate()
+        set_seed(self.args.seed)
+        self.distributed = DistributedContext.from_env()
+        self.device = self.args.device
+        self.distributed.initialise(self.device)
+
+        self.model = model.to(self.device)
+        self.model_wrapped = self.model
+        self.data_collator = data_collator if data_collator is not None else default_collate
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.processing_class = processing_class
+        self.compute_metrics = compute_metrics
+        self.optimizer, self.lr_scheduler = optimizers
+        self.train_dataloader = None
+        self.eval_dataloader = None
+        self.hyperparameters = dict(hyperparameters or {})
+        self.tracker_config = dict(tracker_config or {})
+        self._explicit_trackers = list(trackers or [])
+        self._tracker_hub = None
+        self._autocast_dtype, self.scaler = self._mixed_precision()
+
+        self.state = TrainerState(
+            is_local_process_zero=self.distributed.is_local_zero,
+            is_world_process_zero=self.distributed.is_world_zero,
+        )
+        self.control = TrainerControl()
+        progress = PrinterCallback if self.args.disable_tqdm else ProgressCallback
+        self.callback_handler = CallbackHandler([DefaultFlowCallback, *(callbacks or []), progress])
+        self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.plugin_manager.add_hookspecs(hookspecs)
+        if os.environ.get("TRACKMUX_TRACE_HOOKS"):
+            self.plugin_manager.trace.root.setwriter(print)
+            self.plugin_manager.enable_tracing()
+        self._callback_plugin = None
+        self._refresh_hooks()
+        self._event("on_init_end")
+
+    # ----------------------------------------------------------------- events and callbacks
+
+    def add_callback(self, callback) -> None:
+        """Add a callback (class or instance) after the existing ones."""
+        self.callback_handler.add_callback(callback)
+        self._refresh_hooks()
+
+    def pop_callback(self, callback):
+        """Remove a callback (class or instance) and return it, or None if absent."""
+        found = self.callback_handler.pop_callback(callback)
+        self._refresh_hooks()
+        return found
+
+    def remove_callback(self, callback) -> None:
+        """Remove a callback given by class (first instance) or by instance."""
+        self.callback_handler.remove_callback(callback)
+        self._refresh_hooks()
+
+    def register_plugin(self, plugin, name: str | None = None):
+        """Register a pluggy plugin (an object or module with ``@hookimpl`` functions)."""
+        registered = self.plugin_manager.register(plugin, name=name)
+        self._refresh_hooks()
+        return registered
+
+    def unregister_plugin(self, plugin) -> None:
+        self.plugin_manager.unregister(plugin)
+        self._refresh_hooks()
+
+    def _refresh_hooks(self) -> None:
+        """Re-register the callbacks' bridge and note which events have listeners: an event
+        nobody implements is skipped without a pluggy call."""
+        if self._callback_plugin is not None:
+            self.plugin_manager.unregister(self._callback_plugin)
+        self._callback_plugin = self.callback_handler.as_plugin()
+        self.plugin_manager.register(self._callback_plugin, name="trackmux.callbacks")
+        self._live_hooks = {
+            name: caller
+            for name, caller in vars(self.plugin_manager.hook).items()
+            if isinstance(caller, pluggy.HookCaller) and caller.get_hookimpls()
+        }
+
+    def _event(self, event: str, **extra) -> TrainerControl:
+        caller = self._live_hooks.get(event)
+        if caller is None:
+            return self.control
+        results = caller(
+            args=self.args,
+            state=self.state,
+            control=self.control,
+            model=self.model,
+            processing_class=self.processing_class,
+            optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
+            train_dataloader=self.train_dataloader,
+            eval_dataloader=self.eval_dataloader,
+            **extra,
+        )
+        for result in results:
+            if isinstance(result, TrainerControl):
+                self.control = result
+        return self.control
+
+    # ----------------------------------------------------------------------- trackers
+
+    @property
+    def trackers(self):
+        """The TrackerHub feeding this Trainer's trackers (resolved from ``report_to`` on
+        first use)."""
+        if self._tracker_hub is None:
+            from .hub import TrackerHub
+
+            self._tracker_hub = TrackerHub.for_trainer(self)
+            self._tracker_hub.register(self)
+        return self._tracker_hub
+
+    # -------------------------------------------------------------------------- data
+
+    def _generator(self, seed: int) -> torch.Generator:
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        return generator
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The training DataLoader: shuffled with a generator seeded per epoch (so resuming
+        replays the same order), sharded with a DistributedSampler under torchrun."""
+        if self.train_dataset is None:
+            raise ValueError("Trainer.train() needs a train_dataset")
+        dataset = self.train_dataset
+        self._train_generator = self._generator(self.args.seed)
+        sampler = None
+        if not isinstance(dataset, IterableDataset) and self.distributed.enabled:
+            sampler = DistributedSampler(
+                dataset,
+                num_replicas=self.distributed.world_size,
+                rank=self.distributed.rank,
+                shuffle=True,
+                seed=self.args.seed,
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.args.per_device_train_batch_size,
+            shuffle=sampler is None and not isinstance(dataset, IterableDataset),
+            sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            generator=self._train_generator,
+        )
+
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        """An evaluation DataLoader in dataset order (contiguous shards under torchrun)."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("Trainer.evaluate() needs an eval_dataset (here or at __init__)")
+        return self._ordered_dataloader(dataset)
+
+    def get_test_dataloader(self, test_dataset) -> DataLoader:
+        return self._ordered_dataloader(test_dataset)
+
+    def _ordered_dataloader(self, dataset) -> DataLoader:
+        sampler = None
+        if self.distributed.enabled and not isinstance(dataset, IterableDataset):
+            sampler = _ContiguousShardSampler(
+                len(dataset), self.distributed.world_size, self.distributed.rank
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.args.per_device_eval_batch_size,
+            sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            # A generator of its own: evaluating never shifts the global RNG training uses.
+            generator=self._generator(self.args.seed),
+        )
+
+    def _set_epoch(self, dataloader: DataLoader, epoch: int) -> None:
+        self._train_generator.manual_seed(self.args.seed + epoch)
+        if isinstance(dataloader.sampler, DistributedSampler):
+            dataloader.sampler.set_epoch(epoch)
+
+    # ------------------------------------------------------------ optimizer and schedule
+
+    def create_optimizer(self):
+        """AdamW over the model's parameters; biases and norm weights (1-d tensors) get no
+        weight decay."""
+        if self.optimizer is None:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            groups = [
+                {
+                    "params": [p for p in params if p.ndim >= 2],
+                    "weight_decay": self.args.weight_decay,
+                },
+                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+            ]
+            self.optimizer = torch.optim.AdamW(
+                [group for group in groups if group["params"]],
+                lr=self.args.learning_rate,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
+            )
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The learning-rate schedule of ``lr_scheduler_type`` with its warmup."""
+        if self.lr_scheduler is None:
+            self.lr_scheduler = get_scheduler(
+                self.args.lr_scheduler_type,
+                optimizer or self.optimizer,
+                warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                total_steps=num_training_steps,
+            )
+        return self.lr_scheduler
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        self.create_optimizer()
+        self.create_scheduler(num_training_steps, self.optimizer)
+
+    def _mixed_precision(self):
+        if not (self.args.bf16 or self.args.fp16):
+            return None, None
+        dtype = torch.bfloat16 if self.args.bf16 else torch.float16
+        kind = self.device.type
+        if kind == "cuda" and self.args.bf16 and not torch.cuda.is_bf16_supported():
+            raise ValueError(
+                "TrainingArguments.bf16=True but this GPU does not support bfloat16; "
+                "use fp16=True or neither"
+            )
+        if not torch.amp.is_autocast_available(kind):
+            raise ValueError(
+                f"TrainingArguments.{'bf16' if self.args.bf16 else 'fp16'}=True but autocast "
+                f"is not available on device {kind!r}"
+            )
+        scaler = torch.amp.GradScaler(kind) if self.args.fp16 else None
+        return dtype, scaler
+
+    def _autocast(self):
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
+
+    # ------------------------------------------------------------------------ steps
+
+    def _prepare_inputs(self, inputs):
+        if isinstance(inputs, Mapping):
+            return type(inputs)({k: self._prepare_inputs(v) for k, v in inputs.items()})
+        if isinstance(inputs, tuple | list):
+            return type(inputs)(self._prepare_inputs(v) for v in inputs)
+        if isinstance(inputs, torch.Tensor):
+            return inputs.to(self.device, non_blocking=True)
+        return inputs
+
+    @staticmethod
+    def _call_model(model, inputs):
+        if isinstance(inputs, Mapping):
+            return model(**inputs)
+        if isinstance(inputs, tuple | list):
+            return model(*inputs)
+        return model(inputs)
+
+    @staticmethod
+    def _loss_from(outputs):
+        if isinstance(outputs, torch.Tensor):
+            return outputs
+        if isinstance(outputs, Mapping):
+            loss = outputs.get("loss")
+        elif isinstance(outputs, tuple | list):
+            loss = outputs[0] if outputs else None
+        else:
+            loss = getattr(outputs, "loss", None)
+        if loss is None:
+            raise ValueError(
+                "The model did not return a loss: its forward must return the loss as a "
+                "tensor, in a dict under 'loss', as the first item of a tuple or as `.loss` "
+                f"(got {type(outputs).__name__}); or override Trainer.compute_loss"
+            )
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False):
+        """Forward ``inputs`` through ``model`` and return the loss (and the outputs)."""
+        outputs = self._call_model(model, inputs)
+        loss = self._loss_from(outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, accumulation_steps: int = 1) -> torch.Tensor:
+        """One forward and backward pass on a micro-batch; returns the detached loss
+        divided by ``accumulation_steps`` (the micro-batches in this optimizer step)."""
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        with self._autocast():
+            loss = self.compute_loss(model, inputs)
+        loss = loss / accumulation_steps
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        return loss.detach()
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        """Evaluate one batch: returns ``(loss, logits, labels)``, each possibly None."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels") if isinstance(inputs, Mapping) else None
+        with torch.no_grad(), self._autocast():
+            outputs = self._call_model(model, inputs)
+        loss = None
+        with contextlib.suppress(ValueError):
+            loss = self._loss_from(outputs).detach()
+        if prediction_loss_only:
+            return loss, None, labels
+        logits = self._logits_from(outputs, ignore_keys or [])
+        return loss, logits, labels
+
+    @staticmethod
+    def _logits_from(outputs, ignore_keys):
+        if isinstance(outputs, torch.Tensor):
+            return None if outputs.ndim == 0 else outputs
+        if isinstance(outputs, Mapping):
+            values = [v for k, v in outputs.items() if k not in ("loss", *ignore_keys)]
+        elif isinstance(outputs, tuple | list):
+            values = list(outputs[1:])
+        else:
+            logits = getattr(outputs, "logits", None)
+            values = [logits] if logits is not None else []
+        values = [v for v in values if isinstance(v, torch.Tensor)]
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else tuple(values)
+
+    # ------------------------------------------------------------------------- train
+
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
+        """Train the model.
+
+        ``resume_from_checkpoint``: a checkpoint directory, or True for the last checkpoint
+        in ``output_dir``; None falls back to ``args.resume_from_checkpoint``.
+        """
+        args = self.args
+        args.validate()
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = args.resume_from_checkpoint
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(
+                    f"train(resume_from_checkpoint=True): no checkpoint-<step> directory in "
+                    f"output_dir={args.output_dir!r}"
+                )
+        hub = self.trackers  # resolves report_to: a bad name fails before any training
+        self.train_dataloader = self.get_train_dataloader()
+        plan = self._plan(self.train_dataloader)
+        self.state = TrainerState(
+            max_steps=plan["max_steps"],
+            num_train_epochs=plan["num_train_epochs"],
+            train_batch_size=args.per_device_train_batch_size,
+            is_local_process_zero=self.distributed.is_local_zero,
+            is_world_process_zero=self.distributed.is_world_zero,
+        )
+        self.state.compute_steps(args, plan["max_steps"])
+        self.create_optimizer_and_scheduler(plan["max_steps"])
+        if self.distributed.enabled and self.model_wrapped is self.model:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model_wrapped = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=device_ids
+            )
+        if resume_from_checkpoint:
+            self._load_checkpoint(resume_from_checkpoint)
+        self._stateful_callbacks_to_state()
+        with hub.session("train"), _sigterm_as_keyboard_interrupt():
+            try:
+                return self._training_loop(plan)
+            except BaseException as exception:
+                self._notify_exception(exception)
+                raise
+
+    def _notify_exception(self, exception: BaseException) -> None:
+        try:
+            self._event("on_exception", exception=exception)
+        except Exception:  # never hide the original error behind a hook's
+            logger.exception("a hook failed in on_exception while handling %r", exception)
+
+    def _plan(self, dataloader) -> dict:
+        args = self.args
+        try:
+            batches_per_epoch = len(dataloader)
+        except TypeError:
+            batches_per_epoch = None
+        if batches_per_epoch is None:
+            if args.max_steps <= 0:
+                raise ValueError(
+                    "TrainingArguments.max_steps must be > 0 when the train_dataset has no "
+                    f"length (got max_steps={args.max_steps!r})"
+                )
+            return {
+                "max_steps": args.max_steps,
+                "num_train_epochs": 1,
+                "updates_per_epoch": args.max_steps,
+                "batches_per_epoch": None,
+            }
+        if batches_per_epoch == 0:
+            raise ValueError("train_dataset is empty: there is nothing to train on")
+        updates_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+        if args.max_steps > 0:
+            max_steps = args.max_steps
+        else:
+            max_steps = math.ceil(args.num_train_epochs * updates_per_epoch)
+        return {
+            "max_steps": max_steps,
+            "num_train_epochs": math.ceil(max_steps / updates_per_epoch),
+            "updates_per_epoch": updates_per_epoch,
+            "batches_per_epoch": batches_per_epoch,
+        }
+
+    def _training_loop(self, plan) -> TrainOutput:
+        args, state = self.args, self.state
+        model = self.model_wrapped
+        accumulation = args.gradient_accumulation_steps
+        updates_per_epoch = plan["updates_per_epoch"]
+        start_time = time.time()
+        start_step = state.global_step
+        self._loss_since_log = torch.zeros((), device=self.device)
+        self._steps_since_log = 0
+        self._total_loss = 0.0
+        self._last_grad_norm = None
+        self.control._new_training()
+        self._event("on_train_begin")
+
+        first_epoch = state.global_step // updates_per_epoch
+        skip_updates = state.global_step % updates_per_epoch
+        for epoch in range(first_epoch, plan["num_train_epochs"]):
+            if self.control.should_training_stop:
+                break
+            self._set_epoch(self.train_dataloader, epoch)
+            self.control._new_epoch()
+            self._event("on_epoch_begin")
+            batches = iter(self.train_dataloader)
+            remaining = plan["batches_per_epoch"]
+            update_in_epoch = 0
+            if skip_updates:
+                for _ in range(skip_updates * accumulation):
+                    next(batches)
+                update_in_epoch = skip_updates
+                remaining -= skip_updates * accumulation
+                skip_updates = 0
+            while update_in_epoch < updates_per_epoch:
+                window = accumulation if remaining is None else min(accumulation, remaining)
+                if not self._optimizer_step(model, batches, window):
+                    break
+                if remaining is not None:
+                    remaining -= window
+                update_in_epoch += 1
+                state.epoch = epoch + update_in_epoch / updates_per_epoch
+                self._event("on_step_end")
+                self._maybe_log_save_evaluate()
+                if self.control.should_epoch_stop or self.control.should_training_stop:
+                    break
+            self._event("on_epoch_end")
+            self._maybe_log_save_evaluate()
+
+        if args.load_best_model_at_end and state.best_model_checkpoint:
+            self._load_model_weights(state.best_model_checkpoint)
+        runtime = time.time() - start_time
+        steps_done = state.global_step - start_step
+        train_loss = self._total_loss / max(1, steps_done)
+        metrics = {
+            "train_runtime": runtime,
+            "train_samples_per_second": steps_done
+            * args.per_device_train_batch_size
+            * accumulation
+            * self.distributed.world_size
+            / max(runtime, 1e-9),
+            "train_steps_per_second": steps_done / max(runtime, 1e-9),
+            "total_flos": state.total_flos,
+            "train_loss": train_loss,
+        }
+        self.log(metrics)
+        self._event("on_train_end")
+        return TrainOutput(state.global_step, train_loss, metrics)
+
+    def _optimizer_step(self, model, batches, window: int) -> bool:
+        """Run one optimizer step over ``window`` micro-batches; False if data ran out."""
+        self.control._new_step()
+        self._event("on_step_begin")
+        for index in range(window):
+            try:
+                inputs = next(batches)
+            except StopIteration:
+                return False
+            last = index == window - 1
+            sync = contextlib.nullcontext()
+            if not last and self.distributed.enabled:
+                sync = model.no_sync()
+            with sync:
+                self._loss_since_log += self.training_step(model, inputs, window)
+            if not last:
+                self._event("on_substep_end")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.args.max_grad_norm:
+            self._last_grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.args.max_grad_norm
+            )
+        self._event("on_pre_optimizer_step")
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self._event("on_optimizer_step")
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.global_step += 1
+        self._steps_since_log += 1
+        return True
+
+    def _maybe_log_save_evaluate(self) -> None:
+        control = self.control
+        if control.should_log and self._steps_since_log:
+            loss = self.distributed.mean(self._loss_since_log).item()
+            logs = {"loss": loss / self._steps_since_log}
+            if self._last_grad_norm is not None:
+                logs["grad_norm"] = float(self._last_grad_norm)
+            logs["learning_rate"] = self.lr_scheduler.get_last_lr()[0]
+            self._total_loss += loss
+            self._loss_since_log.zero_()
+            self._steps_since_log = 0
+            self.log(logs)
+        control.should_log = False
+        is_new_best = False
+        if control.should_evaluate:
+            control.should_evaluate = False
+            metrics = self._evaluate_during_training()
+            is_new_best = self._update_best_metric(metrics)
+        if self.args.save_strategy == "best":
+            control.should_save = is_new_best
+        if control.should_save:
+            self._save_checkpoint()
+            self._event("on_save")
+        control.should_save = False
+
+    def _evaluate_during_training(self) -> dict:
+        if isinstance(self.eval_dataset, dict):
+            metrics = {}
+            for name, dataset in self.eval_dataset.items():
+                metrics.update(self.evaluate(dataset, metric_key_prefix=f"eval_{name}"))
+            return metrics
+        return self.evaluate()
+
+    def _update_best_metric(self, metrics: dict) -> bool:
+        name = self.args.metric_for_best_model
+        if not name:
+            return False
+        key = name if name.startswith("eval_") else f"eval_{name}"
+        if key not in metrics:
+            raise KeyError(
+                f"TrainingArguments.metric_for_best_model={name!r}: the evaluation returned no "
+                f"{key!r}; available: {', '.join(sorted(metrics))}"
+            )
+        value = metrics[key]
+        best = self.state.best_metric
+        if best is None or (value > best if self.args.greater_is_better else value < best):
+            self.state.best_metric = value
+            self.state.best_global_step = self.state.global_step
+            return True
+        return False
+
+    # ---------------------------------------------------------------------- logging
+
+    def log(self, logs: dict) -> None:
+        """Record ``logs`` in the state's history and emit ``on_log``."""
+        if self.state.epoch is not None:
+            logs["epoch"] = self.state.epoch
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self._event("on_log", logs=logs)
+
+    # ------------------------------------------------------------- evaluate / predict
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """Evaluate on ``eval_dataset`` (default: the Trainer's), log the metrics and return
+        them, keys prefixed with ``metric_key_prefix``."""
+        with self.trackers.session("evaluate"):
+            dataloader = self.get_eval_dataloader(eval_dataset)
+            output = self._prediction_loop(
+                dataloader, metric_key_prefix, ignore_keys, self.compute_metrics is None
+            )
+            self.log(output.metrics)
+            self._event("on_evaluate", metrics=output.metrics)
+            return output.metrics
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        """Predict on ``test_dataset``: returns predictions, label_ids and metrics."""
+        with self.trackers.session("predict"):
+            dataloader = self.get_test_dataloader(test_dataset)
+            output = self._prediction_loop(dataloader, metric_key_prefix, ignore_keys, False)
+            self._event("on_predict", metrics=output.metrics)
+            return output
+
+    def _prediction_loop(
+        self, dataloader, prefix: str, ignore_keys, prediction_loss_only: bool
+    ) -> PredictionOutput:
+        previous = self.eval_dataloader
+        self.eval_dataloader = dataloader
+        model = self.model
+        model.eval()
+        start = time.time()
+        loss_sum = torch.zeros((), device=self.device)
+        has_loss = False
+        samples = 0
+        batches = 0
+        logits_parts, label_parts = [], []
+        for inputs in dataloader:
+            loss, logits, labels = self.prediction_step(
+                model, inputs, prediction_loss_only, ignore_keys
+            )
+            size = _batch_size(inputs)
+            if loss is not None:
+                loss_sum += loss.float() * size
+                has_loss = True
+            samples += size
+            batches += 1
+            if logits is not None:
+                logits_parts.append(logits.detach())
+            if labels is not None and not prediction_loss_only:
+                label_parts.append(labels.detach())
+            self._event("on_prediction_step")
+        self.eval_dataloader = previous
+        runtime = time.time() - start
+        totals = self.distributed.mean(
+            torch.stack([loss_sum, torch.tensor(float(samples), device=self.device)])
+        )
+        metrics = {}
+        if has_loss and totals[1] > 0:
+            metrics["loss"] = (totals[0] / totals[1]).item()
+        length = _dataset_length(dataloader.dataset)
+        predictions = self._gather(logits_parts, length)
+        label_ids = self._gather(label_parts, length)
+        if self.compute_metrics is not None and predictions is not None:
+            metrics.update(self.compute_metrics(EvalPrediction(predictions, label_ids)))
+        total_samples = length if length is not None else samples * self.distributed.world_size
+        metrics["runtime"] = runtime
+        metrics["samples_per_second"] = total_samples / max(runtime, 1e-9)
+        metrics["steps_per_second"] = batches / max(runtime, 1e-9)
+        prefixed = {}
+        for key, value in metrics.items():
+            if not key.startswith(f"{prefix}_"):
+                key = f"{prefix}_{key}"
+            prefixed[key] = value
+        return PredictionOutput(predictions, label_ids, prefixed)
+
+    def _gather(self, parts, length):
+        if not parts or not isinstance(parts[0], torch.Tensor):
+            return None
+        tensor = self.distributed.gather(torch.cat(parts, dim=0))
+        if length is not None:
+            tensor = tensor[:length]
+        return tensor.float().cpu().numpy() if tensor.is_floating_point() else tensor.cpu().numpy()
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def save_model(self, output_dir: str | None = None) -> str:
+        """Write the model weights (safetensors), its config (when it has one) and the
+        processing class to ``output_dir`` (default: ``args.output_dir``)."""
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            from safetensors.torch import save_model
+
+            save_model(self.model, os.path.join(output_dir, WEIGHTS_NAME))
+            config = getattr(self.model, "config", None)
+            if config is not None and hasattr(config, "to_json_file"):
+                config.to_json_file(os.path.join(output_dir, CONFIG_NAME))
+            if self.processing_class is not None and hasattr(
+                self.processing_class, "save_pretrained"
+            ):
+                self.processing_class.save_pretrained(output_dir)
+        return output_dir
+
+    def _save_checkpoint(self) -> str:
+        args, state = self.args, self.state
+        directory = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        self.trackers.before_checkpoint()
+        if args.should_save:
+            self.save_model(directory)
+            torch.save(self.optimizer.state_dict(), os.path.join(directory, OPTIMIZER_NAME))
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(directory, SCHEDULER_NAME))
+            if self.scaler is not None:
+                torch.save(self.scaler.state_dict(), os.path.join(directory, SCALER_NAME))
+        os.makedirs(directory, exist_ok=True)
+        rank_file = f"rng_state_{self.distributed.rank}.pth"
+        torch.save(capture_rng_state(), os.path.join(directory, rank_file))
+        if state.best_global_step == state.global_step:
+            state.best_model_checkpoint = directory
+        self._stateful_callbacks_to_state()
+        if args.should_save:
+            state.save_to_json(os.path.join(directory, STATE_FILE_NAME))
+            self._rotate_checkpoints()
+        self.distributed.barrier()
+        return directory
+
+    def _stateful_callbacks_to_state(self) -> None:
+        """Record callback states, keyed by class name; several instances make a list that is
+        rebuilt (not appended to) on every save."""
+        stateful: dict = {}
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ExportableState):
+                stateful.setdefault(type(callback).__name__, []).append(callback.state())
+        self.state.stateful_callbacks = {
+            name: states[0] if len(states) == 1 else states for name, states in stateful.items()
+        }
+
+    def _rotate_checkpoints(self) -> None:
+        limit = self.args.save_total_limit
+        if not limit:
+            return
+        checkpoints = sorted_checkpoints(self.args.output_dir)
+        most_recent = checkpoints[-1] if checkpoints else None
+        best = self.state.best_model_checkpoint
+        if best in checkpoints:  # the best one is kept: move it to the kept end
+            checkpoints.remove(best)
+            checkpoints.append(best)
+            if limit == 1 and best != most_recent:  # keep the best and the one to resume from
+                limit = 2
+        for directory in checkpoints[: max(0, len(checkpoints) - limit)]:
+            logger.info("Deleting older checkpoint %s (save_total_limit=%s)", directory, limit)
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def _load_model_weights(self, directory: str) -> None:
+        from safetensors.torch import load_model
+
+        load_model(self.model, os.path.join(directory, WEIGHTS_NAME), device=str(self.device))
+
+    def _load_checkpoint(self, directory: str) -> None:
+        """Restore everything a checkpoint holds; only tensors and plain data are unpickled
+        (``weights_only=True``), never arbitrary objects."""
+        state_file = os.path.join(directory, STATE_FILE_NAME)
+        if not os.path.isfile(state_file):
+            raise ValueError(
+                f"resume_from_checkpoint={directory!r} is not a trackmux checkpoint (no "
+                f"{STATE_FILE_NAME}); pass a checkpoint-<step> directory or True"
+            )
+        self._load_model_weights(directory)
+
+        def load(name):
+            return torch.load(
+                os.path.join(directory, name), map_location=self.device, weights_only=True
+            )
+
+        self.optimizer.load_state_dict(load(OPTIMIZER_NAME))
+        self.lr_scheduler.load_state_dict(load(SCHEDULER_NAME))
+        if self.scaler is not None and os.path.isfile(os.path.join(directory, SCALER_NAME)):
+            self.scaler.load_state_dict(load(SCALER_NAME))
+        loaded = TrainerState.load_from_json(state_file)
+        loaded.is_local_process_zero = self.distributed.is_local_zero
+        loaded.is_world_process_zero = self.distributed.is_world_zero
+        if loaded.best_model_checkpoint and not os.path.isdir(loaded.best_model_checkpoint):
+            logger.warning(
+                "best_model_checkpoint %s no longer exists; forgetting it",
+                loaded.best_model_checkpoint,
+            )
+            loaded.best_model_checkpoint = None
+        for name in ("logging_steps", "eval_steps", "save_steps"):
+            if getattr(loaded, name) != getattr(self.state, name):
+                logger.warning(
+                    "%s differs from the checkpoint's (%s vs %s): the current value is used",
+                    name,
+                    getattr(self.state, name),
+                    getattr(loaded, name),
+                )
+                setattr(loaded, name, getattr(self.state, name))
+        loaded.max_steps = self.state.max_steps
+        loaded.num_train_epochs = self.state.num_train_epochs
+        self.state = loaded
+        self._restore_callback_states(loaded.stateful_callbacks)
+        rng_file = os.path.join(directory, f"rng_state_{self.distributed.rank}.pth")
+        if os.path.isfile(rng_file):
+            restore_rng_state(torch.load(rng_file, weights_only=True))
+        else:
+            logger.warning("no RNG state for rank %s in %s", self.distributed.rank, directory)
+
+    def _restore_callback_states(self, stateful: dict) -> None:
+        """Give live callbacks their saved attributes back (matched by class name, in order
+        when several instances of a class were saved)."""
+        seen: dict[str, int] = {}
+        for callback in self.callback_handler.callbacks:
+            if not isinstance(callback, ExportableState):
+                continue
+            name = type(callback).__name__
+            saved = stateful.get(name)
+            if isinstance(saved, list):
+                index = seen.get(name, 0)
+                seen[name] = index + 1
+                saved = saved[index] if index < len(saved) else None
+            if isinstance(saved, dict):
+                for attribute, value in saved.get("attributes", {}).items():
+                    setattr(callback, attribute, value)
+
+
+def _batch_size(inputs) -> int:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.shape[0] if inputs.ndim else 1
+    if isinstance(inputs, Mapping):
+        values = inputs.values()
+    elif isinstance(inputs, tuple | list):
+        values = inputs
+    else:
+        return 1
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.ndim:
+            return value.shape[0]
+    return 1
+
+
+def _dataset_length(dataset):
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+@contextlib.contextmanager
+def _sigterm_as_keyboard_interrupt():
+    """While training, SIGTERM (what schedulers send) raises KeyboardInterrupt, so trackers
+    close their runs as killed instead of dying with the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

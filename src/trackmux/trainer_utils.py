@@ -1,0 +1,144 @@
+"""Small value types and helpers the Trainer returns or uses: outputs, seeding, schedules,
+RNG state capture, checkpoint discovery."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import random
+import re
+from typing import Any, NamedTuple
+
+import torch
+
+PREFIX_CHECKPOINT_DIR = "checkpoint"
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+class EvalPrediction(NamedTuple):
+    """What ``compute_metrics`` receives: numpy arrays of predictions and labels."""
+
+    predictions: Any
+    label_ids: Any
+
+
+class PredictionOutput(NamedTuple):
+    predictions: Any
+    label_ids: Any
+    metrics: dict[str, float]
+
+
+class TrainOutput(NamedTuple):
+    global_step: int
+    training_loss: float
+    metrics: dict[str, float]
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy (when installed) and torch, on every device."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+    except ImportError:
+        return
+    np.random.seed(seed % 2**32)
+
+
+def _warmup_then(decay, warmup_steps: int, total_steps: int, step: int) -> float:
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return decay(min(1.0, progress))
+
+
+def _linear(progress: float) -> float:
+    return max(0.0, 1.0 - progress)
+
+
+def _cosine(progress: float) -> float:
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _constant(progress: float) -> float:
+    return 1.0
+
+
+def _polynomial(progress: float, lr_ratio_end: float = 0.0, power: float = 1.0) -> float:
+    return (1.0 - lr_ratio_end) * (1.0 - progress) ** power + lr_ratio_end
+
+
+SCHEDULES = {
+    "linear": _linear,
+    "cosine": _cosine,
+    "constant": _constant,
+    "constant_with_warmup": _constant,
+    "polynomial": _polynomial,
+}
+
+
+def get_scheduler(name: str, optimizer, warmup_steps: int, total_steps: int):
+    """A LambdaLR for one of :data:`SCHEDULES`; ``constant`` ignores warmup, as in HF."""
+    if name not in SCHEDULES:
+        raise ValueError(
+            f"lr_scheduler_type={name!r} is not supported; choose one of {sorted(SCHEDULES)}"
+        )
+    if name == "constant":
+        warmup_steps = 0
+    decay = SCHEDULES[name]
+    if name == "polynomial":  # HF's default: decay to an absolute lr of 1e-7
+        initial_lr = optimizer.defaults["lr"]
+        decay = functools.partial(_polynomial, lr_ratio_end=min(1.0, 1e-7 / initial_lr))
+    factor = functools.partial(_warmup_then, decay, warmup_steps, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def capture_rng_state() -> dict:
+    """The RNG state of every generator training uses, in a form ``torch.load(...,
+    weights_only=True)`` accepts (no pickled numpy objects)."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+    except ImportError:
+        return state
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached)
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+
+
+def _as_tuple(value):
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuple(item) for item in value)
+    return value
+
+
+def sorted_checkpoints(output_dir) -> list[str]:
+    """Checkpoint directories under ``output_dir``, oldest step first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for entry in os.listdir(output_dir):
+        match = _CHECKPOINT_RE.match(entry)
+        if match and os.path.isdir(os.path.join(output_dir, entry)):
+            found.append((int(match.group(1)), os.path.join(output_dir, entry)))
+    return [path for _, path in sorted(found)]
+
+
+def get_last_checkpoint(output_dir) -> str | None:
+    checkpoints = sorted_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
