@@ -15,6 +15,8 @@ from .tracker import Tracker
 logger = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_FAILURES = 3
+#: seconds the loop waits on a full queue before it warns
+STALL_WARNING_AFTER = 5.0
 _STOP = object()
 
 
@@ -43,12 +45,10 @@ class TrackerWorker:
         tracker: Tracker,
         queue_size: int = 10000,
         strict: bool = False,
-        stall_warning_after: float = 5.0,
     ):
         self.tracker = tracker
         self.name = tracker.name or type(tracker).__name__
         self.strict = strict
-        self.stall_warning_after = stall_warning_after
         self.disabled = False
         self.failures = 0
         self.reported = False
@@ -87,24 +87,22 @@ class TrackerWorker:
 
     def _wait_for_room(self, item) -> None:
         began = time.monotonic()
-        warned = False
         self.stalls += 1
-        while True:
-            try:
-                self._queue.put(item, timeout=0.5)
-                break
-            except queue.Full:
-                waited = time.monotonic() - began
-                if not warned and waited >= self.stall_warning_after:
-                    warned = True
-                    logger.warning(
-                        "tracker %r is behind: its queue is full (%d records); training waits "
-                        "for it (nothing is dropped)",
-                        self.name,
-                        self._queue.maxsize,
-                    )
-                if self.disabled or not self._thread.is_alive():
-                    return
+        try:
+            self._queue.put(item, timeout=STALL_WARNING_AFTER)
+        except queue.Full:
+            logger.warning(
+                "tracker %r is behind: its queue is full (%d records); training waits for it "
+                "(nothing is dropped)",
+                self.name,
+                self._queue.maxsize,
+            )
+            while not self.disabled and self._thread.is_alive():
+                try:
+                    self._queue.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
         self.stalled_seconds += time.monotonic() - began
 
     def flush(self, timeout: float) -> bool:
@@ -132,8 +130,12 @@ class TrackerWorker:
         """Stop the worker after what was submitted; abandon what is left after ``timeout``."""
         if self._thread is None:
             return
-        self._queue.put(_STOP) if not self.disabled else self._put_stop_nowait()
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             logger.warning(
                 "tracker %r did not finish within %.0f s: abandoning %d pending records "
@@ -143,12 +145,6 @@ class TrackerWorker:
                 self.pending,
             )
             self.disabled = True
-
-    def _put_stop_nowait(self) -> None:
-        try:
-            self._queue.put_nowait(_STOP)
-        except queue.Full:
-            pass
 
     def raise_if_failed(self) -> None:
         if self.strict and self.error is not None:

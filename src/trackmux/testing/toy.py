@@ -7,12 +7,22 @@ from torch import nn
 
 
 class RegressionDataset(torch.utils.data.Dataset):
-    """``y = x @ w + noise`` with a fixed seed; items are ``{"x": ..., "labels": ...}``."""
+    """``y = x @ w + noise``; items are ``{"x": ..., "labels": ...}``.
 
-    def __init__(self, size: int = 64, features: int = 8, seed: int = 0, noise: float = 0.1):
-        generator = torch.Generator().manual_seed(seed)
+    ``seed`` draws the samples; ``task_seed`` draws ``w``, so datasets with different seeds
+    (train, eval) describe the same task."""
+
+    def __init__(
+        self,
+        size: int = 64,
+        features: int = 8,
+        seed: int = 0,
+        noise: float = 0.1,
+        task_seed: int = 0,
+    ):
+        weights = torch.randn(features, 1, generator=torch.Generator().manual_seed(task_seed))
+        generator = torch.Generator().manual_seed(seed + 1000)
         self.x = torch.randn(size, features, generator=generator)
-        weights = torch.randn(features, 1, generator=generator)
         self.y = self.x @ weights + noise * torch.randn(size, 1, generator=generator)
 
     def __len__(self) -> int:

@@ -1,0 +1,385 @@
+"""What the benchmark times: the models and data, the plain PyTorch loop that is the floor,
+and the trackmux configurations measured against it.
+
+Every contender trains the same model from the same initial weights on the same batches in
+the same order (AdamW, gradient clipping at 1.0, linear schedule), and is timed between the
+end of step ``warmup`` and the end of step ``warmup + steps``: setup, the first steps and
+the closing of trackers are outside the window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+LEARNING_RATE = 1e-3
+MAX_GRAD_NORM = 1.0
+SEED = 42
+SLOW_TRACKER_DELAY = 0.05
+
+
+# --------------------------------------------------------------------------- task
+
+
+class BenchNet(nn.Module):
+    """An MLP whose forward returns ``{"loss", "logits"}``, as trackmux models do."""
+
+    def __init__(self, layers: tuple[int, ...], loss: str):
+        super().__init__()
+        modules: list[nn.Module] = []
+        for index, (width_in, width_out) in enumerate(zip(layers, layers[1:])):
+            if index:
+                modules.append(nn.ReLU())
+            modules.append(nn.Linear(width_in, width_out))
+        self.net = nn.Sequential(*modules)
+        self.loss = nn.functional.mse_loss if loss == "mse" else nn.functional.cross_entropy
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        if labels is None:
+            return {"logits": logits}
+        return {"loss": self.loss(logits, labels), "logits": logits}
+
+
+class InMemoryDataset(Dataset):
+    """Fixed tensors, one ``{"x", "labels"}`` dict per item (what a Hugging Face style
+    dataset yields), so both loops pay the same collation cost."""
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor):
+        self.x = x
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index):
+        return {"x": self.x[index], "labels": self.labels[index]}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    layers: tuple[int, ...]
+    batch_size: int
+    loss: str  # "mse" (regression) or "cross_entropy" (classification)
+    steps: int  # default timed steps per repeat
+    warmup: int  # default untimed steps before the window
+
+    def model(self, seed: int = SEED) -> BenchNet:
+        torch.manual_seed(seed)
+        return BenchNet(self.layers, self.loss)
+
+    def dataset(self, batches: int, seed: int = SEED) -> InMemoryDataset:
+        """Exactly ``batches`` full batches: one epoch covers the run, so no loop pays for
+        an epoch boundary inside the window."""
+        generator = torch.Generator().manual_seed(seed)
+        size = batches * self.batch_size
+        x = torch.randn(size, self.layers[0], generator=generator)
+        if self.loss == "mse":
+            labels = torch.randn(size, self.layers[-1], generator=generator)
+        else:
+            labels = torch.randint(0, self.layers[-1], (size,), generator=generator)
+        return InMemoryDataset(x, labels)
+
+
+TASKS = {
+    # overhead-dominated: the step itself is tens of microseconds of math
+    "tiny": Task("tiny", (8, 16, 1), batch_size=8, loss="mse", steps=1000, warmup=50),
+    # compute-dominated: milliseconds of matrix products per step
+    "medium": Task(
+        "medium", (512, 1024, 1024, 10), batch_size=64, loss="cross_entropy", steps=100, warmup=10
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Window:
+    """One timed run: ``warmup`` untimed steps, then ``steps`` timed ones."""
+
+    steps: int
+    warmup: int
+    logging_steps: int
+    seed: int = SEED
+
+    @property
+    def total(self) -> int:
+        return self.warmup + self.steps
+
+
+def default_device() -> torch.device:
+    # the device trackmux's TrainingArguments picks by default
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+class Stopwatch:
+    """Marks the end of step ``window.warmup`` and of step ``window.total``; calls
+    ``on_start`` / ``on_stop`` there (the profiler and the slow tracker hook in)."""
+
+    def __init__(self, window: Window, device: torch.device, on_start=None, on_stop=None):
+        self.window = window
+        self.device = device
+        self.on_start = on_start
+        self.on_stop = on_stop
+        self.started: float | None = None
+        self.stopped: float | None = None
+
+    def mark(self, step: int) -> None:
+        if step == self.window.warmup:
+            synchronize(self.device)
+            if self.on_start is not None:
+                self.on_start()
+            self.started = time.perf_counter()
+        elif step == self.window.total:
+            synchronize(self.device)
+            self.stopped = time.perf_counter()
+            if self.on_stop is not None:
+                self.on_stop()
+
+    @property
+    def per_step(self) -> float:
+        if self.started is None or self.stopped is None:
+            raise RuntimeError("the timing window was not reached: too few batches?")
+        return (self.stopped - self.started) / self.window.steps
+
+
+def _stopwatch_callback(stopwatch: Stopwatch):
+    from trackmux import TrainerCallback
+
+    class StopwatchCallback(TrainerCallback):
+        # on_step_end fires after optimizer.step / scheduler.step / zero_grad and before the
+        # step's logging: the plain loop marks the same point
+        def on_step_end(self, args, state, control, **kwargs):
+            stopwatch.mark(state.global_step)
+
+    return StopwatchCallback()
+
+
+# --------------------------------------------------------------------------- slow tracker
+
+
+def slow_tracker():
+    """A Tracker whose ``log_metrics`` takes 50 ms, like a backend on a slow network.
+
+    ``release()`` ends the slowness once the window is over, so the records still queued
+    drain at once instead of keeping ``train()`` waiting at close. ``calls`` counts every
+    record delivered, to show none was dropped.
+    """
+    from trackmux import Tracker
+
+    class SlowTracker(Tracker):
+        name = "slow"
+
+        def __init__(self, **settings):
+            super().__init__(**settings)
+            self.calls = 0
+            self._released = threading.Event()
+
+        def release(self) -> None:
+            self._released.set()
+
+        def start(self, run):
+            return {"run": run.name}
+
+        def log_metrics(self, metrics, step, epoch=None):
+            self._released.wait(SLOW_TRACKER_DELAY)
+            self.calls += 1
+
+        def finish(self, status):
+            pass
+
+    return SlowTracker()
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+@dataclass
+class RunResult:
+    per_step: float
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Contender:
+    """``report_to`` is None for the plain loop; ``trackers`` names the tracker set a
+    trackmux contender resolves to (used to skip duplicates)."""
+
+    name: str
+    report_to: str | list[str] | None = None
+    trackers: frozenset[str] = frozenset()
+    slow: bool = False
+
+    @property
+    def plain(self) -> bool:
+        return self.report_to is None
+
+    def run(self, task: Task, window: Window, workdir: str, profiler=None) -> RunResult:
+        if self.plain:
+            return run_plain(task, window, profiler=profiler)
+        return run_trackmux(
+            task, window, self.report_to, workdir, slow=self.slow, profiler=profiler
+        )
+
+
+def _profiler_hooks(profiler, extra_stop: Callable | None = None):
+    if profiler is None:
+        return None, extra_stop
+
+    def stop():
+        profiler.disable()
+        if extra_stop is not None:
+            extra_stop()
+
+    return profiler.enable, stop
+
+
+def _loader(task: Task, window: Window) -> DataLoader:
+    # the DataLoader trackmux builds: shuffled by a generator seeded with the seed (plus
+    # the epoch, 0 here), default_collate, no workers
+    return DataLoader(
+        task.dataset(window.total, window.seed),
+        batch_size=task.batch_size,
+        shuffle=True,
+        collate_fn=default_collate,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(window.seed),
+    )
+
+
+def plain_model(task: Task, window: Window, profiler=None) -> tuple[nn.Module, RunResult]:
+    """The floor: the loop someone writes by hand, doing the same math as the Trainer."""
+    device = default_device()
+    model = task.model(window.seed).to(device)
+    loader = _loader(task, window)
+    # one parameter group: with weight_decay=0 it is the same update as trackmux's two
+    # (decay / no-decay) groups, and it is what a hand-written loop uses
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+    total = window.total
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(0.0, 1.0 - step / total)
+    )
+    on_start, on_stop = _profiler_hooks(profiler)
+    stopwatch = Stopwatch(window, device, on_start, on_stop)
+    running = torch.zeros((), device=device)
+    logged = []
+    model.train()
+    for step, batch in enumerate(loader, start=1):
+        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        loss = model(**batch)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        running += loss.detach()
+        stopwatch.mark(step)
+        if step % window.logging_steps == 0:
+            logged.append(running.item() / window.logging_steps)
+            running.zero_()
+        if step == total:
+            break
+    return model, RunResult(stopwatch.per_step, {"logged": len(logged)})
+
+
+def run_plain(task: Task, window: Window, profiler=None) -> RunResult:
+    return plain_model(task, window, profiler)[1]
+
+
+def trackmux_model(
+    task: Task, window: Window, report_to, workdir: str, slow: bool = False, profiler=None
+):
+    from trackmux import Trainer, TrainingArguments
+
+    device = default_device()
+    tracker = slow_tracker() if slow else None
+    on_start, on_stop = _profiler_hooks(profiler, tracker.release if tracker else None)
+    stopwatch = Stopwatch(window, device, on_start, on_stop)
+    args = TrainingArguments(
+        output_dir=workdir,
+        report_to=list(report_to) if isinstance(report_to, list) else report_to,
+        disable_tqdm=True,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=window.logging_steps,
+        max_steps=window.total,
+        per_device_train_batch_size=task.batch_size,
+        dataloader_num_workers=0,
+        learning_rate=LEARNING_RATE,
+        weight_decay=0.0,
+        max_grad_norm=MAX_GRAD_NORM,
+        lr_scheduler_type="linear",
+        seed=window.seed,
+    )
+    trainer = Trainer(
+        task.model(window.seed),
+        args,
+        train_dataset=task.dataset(window.total, window.seed),
+        callbacks=[_stopwatch_callback(stopwatch)],
+        trackers=[tracker] if tracker else None,
+    )
+    # disable_tqdm=True prints every log dict (PrinterCallback): that work is timed, but it
+    # goes to /dev/null so the terminal's speed is not
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        trainer.train()
+    info = {"logged": len(trainer.state.log_history)}
+    if tracker is not None:
+        info["delivered"] = tracker.calls
+    return trainer.model, RunResult(stopwatch.per_step, info)
+
+
+def run_trackmux(
+    task: Task, window: Window, report_to, workdir: str, slow: bool = False, profiler=None
+) -> RunResult:
+    return trackmux_model(task, window, report_to, workdir, slow, profiler)[1]
+
+
+def build_contenders(registry=None) -> tuple[list[Contender], list[tuple[str, str]]]:
+    """The contenders this environment can run, and ``(name, why)`` for those skipped."""
+    from trackmux.plugins import get_registry
+    from trackmux.report_to import resolve
+
+    registry = registry or get_registry()
+    chosen = [
+        Contender("plain"),
+        Contender("trackmux-none", "none"),
+        Contender("trackmux-jsonl", ["jsonl"], frozenset({"jsonl"})),
+    ]
+    skipped: list[tuple[str, str]] = []
+
+    def missing(names):
+        return [n for n in names if not (registry.get(n) and registry.get(n).available)]
+
+    def add(contender: Contender) -> None:
+        same = next((c for c in chosen if c.trackers and c.trackers == contender.trackers), None)
+        if same is not None:
+            skipped.append((contender.name, f"same trackers as {same.name}"))
+        else:
+            chosen.append(contender)
+
+    for names in (["jsonl", "tensorboard"], ["jsonl", "tensorboard", "mlflow", "dvclive"]):
+        name = "trackmux-" + "+".join(names)
+        absent = missing(names)
+        if absent:
+            skipped.append((name, f"not available: {', '.join(absent)}"))
+        else:
+            add(Contender(name, names, frozenset(names)))
+    everything = frozenset(info.name for info in resolve("all", registry).chosen)
+    add(Contender("trackmux-all", "all", everything))
+    chosen.append(Contender("slow-tracker", "none", frozenset({"slow"}), slow=True))
+    return chosen, skipped

@@ -1,0 +1,96 @@
+"""The TensorBoard tracker: event files written by ``torch.utils.tensorboard.SummaryWriter``.
+
+Where: the ``logging_dir`` setting, else ``$TENSORBOARD_LOGGING_DIR``, else
+``<output_dir>/runs/<run name>/tensorboard`` (beside the jsonl log of the same run).
+
+What, when:
+
+- start: the config as HParams (a session-start summary) and as a markdown table in the
+  text tag ``config``;
+- every log: one scalar per metric at the global step (TensorBoard stores float32);
+- end of training: the summary values (``train/train_runtime``...) as scalars at the final
+  step;
+- finish: the status ("success", "failed", "killed") in the text tag ``status``.
+
+A resumed run reopens the same directory: new event files join the old ones as one run.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from trackmux.tracker import RunInfo, Tracker
+
+LOGGING_DIR_ENV = "TENSORBOARD_LOGGING_DIR"
+CONFIG_TAG = "config"
+STATUS_TAG = "status"
+
+
+class TensorBoardTracker(Tracker):
+    name = "tensorboard"
+    requires = ("tensorboard>=2.10",)
+    pip_name = "trackmux-tensorboard"
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        self.logging_dir: str | None = None
+        self._writer = None
+        self._step = 0
+
+    def start(self, run: RunInfo):
+        # torch.utils.tensorboard imports tensorboard: only here, never at discovery
+        from torch.utils.tensorboard import SummaryWriter
+
+        resume = run.resume or {}
+        directory = resume.get("logging_dir") or self.setting(
+            "logging_dir",
+            env=LOGGING_DIR_ENV,
+            default=os.path.join(run.output_dir, "runs", run.name, "tensorboard"),
+        )
+        self.logging_dir = os.path.abspath(os.path.expanduser(os.fspath(directory)))
+        self._writer = SummaryWriter(log_dir=self.logging_dir)
+        if not run.resume:
+            # TensorBoard keeps the first hparams of a run and ignores later ones
+            self._write_hparams(run.config)
+        self._writer.add_text(CONFIG_TAG, _markdown_table(run.config), global_step=self._step)
+        return {"logging_dir": self.logging_dir}
+
+    def log_metrics(self, metrics, step, epoch=None):
+        for name, value in metrics.items():
+            self._writer.add_scalar(name, value, global_step=step)
+        self._step = step
+
+    def flush(self):
+        if self._writer is not None:
+            self._writer.flush()
+
+    def finish(self, status):
+        if self._writer is None:
+            return
+        self._writer.add_text(STATUS_TAG, status, global_step=self._step)
+        self._writer.close()
+        self._writer = None
+
+    def where(self):
+        if self.logging_dir is None:
+            return None
+        return f"tensorboard --logdir {shlex.quote(self.logging_dir)}"
+
+    def _write_hparams(self, config: dict) -> None:
+        # Only the session-start summary, in this run's own event file. add_hparams() would
+        # open a second writer, mark the session successful before it even ran, and write an
+        # experiment summary whose metric list hides every scalar not named in it; without
+        # one, TensorBoard lists all of the run's scalars as HParams metrics.
+        from torch.utils.tensorboard.summary import hparams
+
+        _, session_start, _ = hparams(config, {})
+        self._writer.file_writer.add_summary(session_start, global_step=self._step)
+
+
+def _markdown_table(config: dict) -> str:
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    rows = [f"| {cell(key)} | {cell(value)} |" for key, value in config.items()]
+    return "\n".join(["| param | value |", "|---|---|", *rows])

@@ -1,0 +1,263 @@
+"""The TensorBoard plugin against real TensorBoard event files, read back with TensorBoard's
+own EventAccumulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from trackmux.testing import RunData, TrackerConformance, jsonl_log, run_training
+from trackmux.testing.conformance import HYPERPARAMETERS, TRAINING_DEFAULTS, _StopAt
+from trackmux_tensorboard.tracker import LOGGING_DIR_ENV, TensorBoardTracker
+
+SESSION_START_TAG = "_hparams_/session_start_info"
+
+
+@pytest.fixture(autouse=True)
+def _no_logging_dir_from_the_outside(monkeypatch):
+    monkeypatch.delenv(LOGGING_DIR_ENV, raising=False)
+
+
+def event_dirs(root) -> list[str]:
+    """Every directory under ``root`` holding TensorBoard event files: one per run."""
+    return sorted(
+        directory
+        for directory, _, files in os.walk(root)
+        if any(name.startswith("events.out.tfevents.") for name in files)
+    )
+
+
+def accumulate(logdir) -> EventAccumulator:
+    events = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def texts(events: EventAccumulator, tag: str) -> list[str]:
+    return [event.tensor_proto.string_val[0].decode() for event in events.Tensors(tag)]
+
+
+def hparams(events: EventAccumulator) -> dict:
+    content = events.PluginTagToContent("hparams")[SESSION_START_TAG]
+    values = HParamsPluginData.FromString(content).session_start_info.hparams
+    return {name: getattr(value, value.WhichOneof("kind")) for name, value in values.items()}
+
+
+def scalars(events: EventAccumulator) -> dict[str, list[tuple[int, float]]]:
+    return {
+        tag: [(event.step, event.value) for event in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+    }
+
+
+def train(output_dir, *, tracker_config=None, callbacks=(), resume=None, **overrides):
+    """A toy training that finds the tracker through ``report_to``, as users do."""
+    from trackmux import Trainer, TrainingArguments
+    from trackmux.testing import RegressionDataset, TinyRegressor
+
+    arguments = {
+        **TRAINING_DEFAULTS,
+        "report_to": ["jsonl", "tensorboard"],
+        "output_dir": str(output_dir),
+        **overrides,
+    }
+    trainer = Trainer(
+        model=TinyRegressor(),
+        args=TrainingArguments(**arguments),
+        train_dataset=RegressionDataset(32),
+        eval_dataset=RegressionDataset(16, seed=1),
+        callbacks=list(callbacks),
+        tracker_config=tracker_config,
+        hyperparameters=HYPERPARAMETERS,
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+class TestTensorBoardConformance(TrackerConformance):
+    tracker_class = TensorBoardTracker
+    rel_tolerance = 1e-6  # scalars are stored as float32
+
+    def make_tracker(self, tmp_path):
+        return TensorBoardTracker()
+
+    def read_back(self, tracker, tmp_path):
+        events = accumulate(tracker.logging_dir)
+        statuses = texts(events, "status")
+        return RunData(
+            params=hparams(events),
+            metrics=scalars(events),
+            status=statuses[-1] if statuses else None,
+            runs=len(event_dirs(tmp_path)),
+        )
+
+
+def test_found_through_its_entry_point_and_selected_by_report_to(trackmux_env):
+    from trackmux.plugins import get_registry
+
+    info = get_registry(refresh=True).get("tensorboard")
+    assert info.available, info.reason
+    assert info.distribution == "trackmux-tensorboard"
+    assert info.tracker_class is TensorBoardTracker
+    assert info.mode() == "local"
+
+    trainer = train(trackmux_env / "out", report_to=["tensorboard"])
+    logdir = trackmux_env / "out" / "runs" / "conformance" / "tensorboard"
+    assert event_dirs(trackmux_env) == [str(logdir)]
+    assert dict(trainer.trackers.where()) == {"tensorboard": f"tensorboard --logdir {logdir}"}
+
+
+def test_every_scalar_with_its_step_and_value(trackmux_env):
+    train(trackmux_env / "out")
+    log = jsonl_log(trackmux_env / "out")
+    events = accumulate(trackmux_env / "out" / "runs" / "conformance" / "tensorboard")
+    stored = scalars(events)
+
+    loss = stored["train/loss"]
+    assert [step for step, _ in loss] == [2, 4, 6, 8]
+    assert [value for _, value in loss] == pytest.approx(
+        [value for _, value in log.history("train/loss")], rel=1e-6
+    )
+    assert [step for step, _ in stored["eval/loss"]] == [4, 8]
+    # the end-of-training values are scalars at the final step
+    assert log.summary and "train/train_runtime" in log.summary
+    for name, value in log.summary.items():
+        assert stored[name] == [(8, pytest.approx(value, rel=1e-6))], name
+    # nothing but trackmux's metrics: no scalar written on the side by the hparams summary
+    assert set(stored) == set(log.metrics) | set(log.summary)
+
+
+def test_config_as_hparams_and_as_a_text_table(trackmux_env):
+    train(trackmux_env / "out")
+    log = jsonl_log(trackmux_env / "out")
+    events = accumulate(trackmux_env / "out" / "runs" / "conformance" / "tensorboard")
+
+    # every config value the jsonl log holds, None excepted (HParams has no null)
+    assert hparams(events) == {key: value for key, value in log.config.items() if value is not None}
+    (table,) = texts(events, "config")
+    lines = table.splitlines()
+    assert lines[:2] == ["| param | value |", "|---|---|"]
+    assert "| learning_rate | 0.01 |" in lines
+    assert "| dataset | toy-regression |" in lines
+    assert len(lines) == 2 + len(log.config)
+
+
+@pytest.mark.parametrize("source", ["code", "environment", "default"])
+def test_logging_dir_precedence(trackmux_env, monkeypatch, source):
+    code, env = trackmux_env / "from-code", trackmux_env / "from-env"
+    monkeypatch.setenv("HOME", str(trackmux_env))
+    if source != "default":
+        monkeypatch.setenv(LOGGING_DIR_ENV, "~/from-env")  # ~ is expanded, as in Hugging Face
+    tracker_config = {"tensorboard": {"logging_dir": str(code)}} if source == "code" else None
+    train(trackmux_env / "out", tracker_config=tracker_config, max_steps=2, eval_strategy="no")
+    default = trackmux_env / "out" / "runs" / "conformance" / "tensorboard"
+    expected = {"code": code, "environment": env, "default": default}[source]
+    assert event_dirs(trackmux_env) == [str(expected)]
+    assert [step for step, _ in scalars(accumulate(expected))["train/loss"]] == [2]
+
+
+def test_resume_reopens_the_directory_the_checkpoint_names(trackmux_env):
+    first = trackmux_env / "first"
+    with pytest.raises(KeyboardInterrupt):
+        run_training(
+            trackmux_env / "out",
+            TensorBoardTracker(logging_dir=str(first)),
+            callbacks=[_StopAt(6, KeyboardInterrupt())],
+        )
+    # the resumed run is configured elsewhere, yet continues the run the checkpoint names
+    resumed = TensorBoardTracker(logging_dir=str(trackmux_env / "second"))
+    run_training(trackmux_env / "out", resumed, resume=True)
+
+    assert resumed.logging_dir == str(first)
+    assert event_dirs(trackmux_env) == [str(first)]
+    events = accumulate(first)
+    assert len([name for name in os.listdir(first) if name.startswith("events.")]) == 2
+    assert [step for step, _ in scalars(events)["train/loss"]] == [2, 4, 6, 8]
+    assert texts(events, "status") == ["killed", "success"]
+    assert hparams(events)["max_steps"] == 8
+
+
+def test_evaluate_after_train_writes_into_the_same_run(trackmux_env):
+    trainer = train(trackmux_env / "out")
+    trainer.evaluate()
+    logdir = trackmux_env / "out" / "runs" / "conformance" / "tensorboard"
+    assert event_dirs(trackmux_env) == [str(logdir)]
+    events = accumulate(logdir)
+    assert [step for step, _ in scalars(events)["eval/loss"]] == [4, 8, 8]
+    assert texts(events, "status") == ["success", "success"]
+
+
+_HEAVY_MODULES = """
+import json, sys
+import trackmux_tensorboard
+from trackmux.plugins import get_registry
+info = get_registry(refresh=True).get("tensorboard")
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorboard"))
+print(json.dumps({"available": info.available, "heavy": heavy}))
+"""
+
+
+def test_import_and_discovery_load_neither_tensorboard_nor_torch():
+    output = subprocess.run(
+        [sys.executable, "-c", _HEAVY_MODULES], capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(output) == {"available": True, "heavy": []}
+
+
+# The distribution metadata is changed before trackmux looks at it, then the real entry point
+# is discovered and report_to resolved, as in a fresh process where tensorboard is missing.
+_WITHOUT_TENSORBOARD = """
+import importlib.metadata, json, sys
+real_version = importlib.metadata.version
+def version(name):
+    if name == "tensorboard":
+        if sys.argv[1] == "missing":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return "2.9.1"
+    return real_version(name)
+importlib.metadata.version = version
+
+from trackmux.plugins import get_registry
+from trackmux.report_to import ReportToError, resolve
+info = get_registry().get("tensorboard")
+try:
+    resolve(["tensorboard"], get_registry())
+    error = None
+except ReportToError as raised:
+    error = str(raised)
+skipped = dict(resolve("all", get_registry()).skipped)
+print(json.dumps({"status": info.status, "reason": info.reason, "fix": info.fix,
+                  "error": error, "skipped": skipped.get("tensorboard"),
+                  "imported": "tensorboard" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("missing", "backend missing: tensorboard is not installed"),
+        ("too-old", "unsupported backend: tensorboard 2.9.1 is installed, tensorboard>=2.10"),
+    ],
+)
+def test_reports_itself_unavailable_without_a_usable_tensorboard(case, reason):
+    output = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TENSORBOARD, case],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    report = json.loads(output)
+    assert report["status"] == "unavailable"
+    assert report["reason"].startswith(reason)
+    assert report["fix"] == 'pip install "tensorboard>=2.10"'
+    assert report["error"] == (
+        f"report_to names 'tensorboard', which is installed but cannot run: {report['reason']}; "
+        'fix: pip install "tensorboard>=2.10"'
+    )
+    assert report["skipped"] == report["reason"]
+    assert report["imported"] is False
