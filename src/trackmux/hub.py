@@ -130,6 +130,7 @@ class TrackerHub:
                 output_dir=args.output_dir,
                 resume=self._identities.get(tracker.name) or state.tracker_runs.get(tracker.name),
                 kind=kind,
+                step=state.global_step,
                 args=args,
             )
             tracker.run_info = run

@@ -18,6 +18,8 @@ class RunLog:
     ``metrics`` maps each metric name to ``[(step, value), ...]`` in logging order;
     ``status`` is the last ``finish`` status, or None while the run is open or after a crash.
     ``sessions`` counts the starts (train, then each reopening by evaluate/predict/resume).
+    When a training resumed from a checkpoint, points logged after that checkpoint by the
+    interrupted run are dropped (they are in ``records``), so each step appears once.
     """
 
     path: str
@@ -64,6 +66,8 @@ def read_run(path) -> RunLog:
             run.records.append(record)
             kind = record.get("type")
             if kind == "start":
+                if record.get("resumed") and record.get("kind") == "train":
+                    _forget_after(run, record.get("step", 0))
                 run.sessions += 1
                 run.name = record.get("run", run.name)
                 run.config.update(record.get("config") or {})
@@ -81,6 +85,13 @@ def read_run(path) -> RunLog:
                 run.statuses.append(run.status)
                 run.ended = record.get("time")
     return run
+
+
+def _forget_after(run: RunLog, step: int) -> None:
+    """A training resumed from the checkpoint at ``step``: points the interrupted run logged
+    after it were replaced by the resumed run's."""
+    for name, history in run.metrics.items():
+        run.metrics[name] = [(s, v) for s, v in history if s <= step]
 
 
 def find_runs(output_dir) -> list[str]:

@@ -41,7 +41,9 @@ class RunInfo:
     ``config`` is already flat (keys joined with the tracker's ``param_separator``), redacted
     and cut to the tracker's limits. ``resume`` is the identity a previous :meth:`start`
     returned for this run (from this Trainer, or from the checkpoint being resumed), or None
-    for a new run. ``kind`` says what opened it: "train", "evaluate" or "predict".
+    for a new run. ``kind`` says what opened it: "train", "evaluate" or "predict". ``step`` is
+    the trainer's global step at opening: on a resume, points a backend holds past it were
+    logged after the checkpoint by the interrupted run (a backend that can purge them should).
     """
 
     name: str
@@ -49,6 +51,7 @@ class RunInfo:
     output_dir: str
     resume: dict[str, Any] | None = None
     kind: str = "train"
+    step: int = 0
     args: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 

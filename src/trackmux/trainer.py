@@ -56,21 +56,27 @@ CONFIG_NAME = "config.json"
 
 
 class _ContiguousShardSampler(Sampler):
-    """Evaluation sharding: rank r reads one contiguous slice, padded to equal length, so
-    gathering the ranks' outputs in rank order restores the dataset order."""
+    """Evaluation sharding, as a batch sampler: rank r reads one contiguous slice, padded with
+    repeats of the last sample to the same length on every rank, so gathering the ranks'
+    outputs in rank order and cutting at the dataset length restores the dataset order.
+    The padding comes in batches of its own after the ``real_batches``, so the loss can leave
+    it out."""
 
-    def __init__(self, length: int, world_size: int, rank: int):
-        self.per_rank = math.ceil(length / world_size)
-        self.length = length
-        self.rank = rank
+    def __init__(self, length: int, world_size: int, rank: int, batch_size: int):
+        per_rank = math.ceil(length / world_size)
+        start = min(rank * per_rank, length)
+        real = list(range(start, min(start + per_rank, length)))
+        padding = [length - 1] * (per_rank - len(real))
+        real_batches = [real[i : i + batch_size] for i in range(0, len(real), batch_size)]
+        padding_batches = [padding[i : i + batch_size] for i in range(0, len(padding), batch_size)]
+        self.real_batches = len(real_batches)
+        self.batches = real_batches + padding_batches
 
     def __iter__(self):
-        start = self.rank * self.per_rank
-        for index in range(start, start + self.per_rank):
-            yield min(index, self.length - 1)
+        return iter(self.batches)
 
     def __len__(self):
-        return self.per_rank
+        return len(self.batches)
 
 
 class Trainer:
@@ -271,15 +277,19 @@ class Trainer:
         return self._ordered_dataloader(test_dataset)
 
     def _ordered_dataloader(self, dataset) -> DataLoader:
-        sampler = None
+        batching = {"batch_size": self.args.per_device_eval_batch_size}
         if self.distributed.enabled and not isinstance(dataset, IterableDataset):
-            sampler = _ContiguousShardSampler(
-                len(dataset), self.distributed.world_size, self.distributed.rank
-            )
+            batching = {
+                "batch_sampler": _ContiguousShardSampler(
+                    len(dataset),
+                    self.distributed.world_size,
+                    self.distributed.rank,
+                    self.args.per_device_eval_batch_size,
+                )
+            }
         return DataLoader(
             dataset,
-            batch_size=self.args.per_device_eval_batch_size,
-            sampler=sampler,
+            **batching,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
             # A generator of its own: evaluating never shifts the global RNG training uses.
@@ -539,7 +549,8 @@ class Trainer:
         first_epoch = state.global_step // updates_per_epoch
         skip_updates = state.global_step % updates_per_epoch
         for epoch in range(first_epoch, plan["num_train_epochs"]):
-            if self.control.should_training_stop:
+            # a resume from the last checkpoint has nothing left to train
+            if self.control.should_training_stop or state.global_step >= state.max_steps:
                 break
             self._set_epoch(self.train_dataloader, epoch)
             self.control._new_epoch()
@@ -568,6 +579,8 @@ class Trainer:
             self._event("on_epoch_end")
             self._maybe_log_save_evaluate()
 
+        # steps after the last log (logging_strategy "no", an early stop) count in train_loss
+        self._total_loss += self.distributed.mean(self._loss_since_log).item()
         if args.load_best_model_at_end and state.best_model_checkpoint:
             self._load_model_weights(state.best_model_checkpoint)
         runtime = time.time() - start_time
@@ -640,7 +653,7 @@ class Trainer:
         is_new_best = False
         if control.should_evaluate:
             control.should_evaluate = False
-            metrics = self._evaluate_during_training()
+            metrics = self.evaluate()
             is_new_best = self._update_best_metric(metrics)
         if self.args.save_strategy == "best":
             control.should_save = is_new_best
@@ -648,14 +661,6 @@ class Trainer:
             self._save_checkpoint()
             self._event("on_save")
         control.should_save = False
-
-    def _evaluate_during_training(self) -> dict:
-        if isinstance(self.eval_dataset, dict):
-            metrics = {}
-            for name, dataset in self.eval_dataset.items():
-                metrics.update(self.evaluate(dataset, metric_key_prefix=f"eval_{name}"))
-            return metrics
-        return self.evaluate()
 
     def _update_best_metric(self, metrics: dict) -> bool:
         name = self.args.metric_for_best_model
@@ -689,8 +694,14 @@ class Trainer:
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """Evaluate on ``eval_dataset`` (default: the Trainer's), log the metrics and return
         them, keys prefixed with ``metric_key_prefix``."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, dict):  # one evaluation per named dataset, as in Hugging Face
+            metrics = {}
+            for name, part in dataset.items():
+                metrics.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
         with self.trackers.session("evaluate"):
-            dataloader = self.get_eval_dataloader(eval_dataset)
+            dataloader = self.get_eval_dataloader(dataset)
             output = self._prediction_loop(
                 dataloader, metric_key_prefix, ignore_keys, self.compute_metrics is None
             )
@@ -719,15 +730,18 @@ class Trainer:
         samples = 0
         batches = 0
         logits_parts, label_parts = [], []
+        real_batches = getattr(dataloader.batch_sampler, "real_batches", None)
         for inputs in dataloader:
             loss, logits, labels = self.prediction_step(
                 model, inputs, prediction_loss_only, ignore_keys
             )
-            size = _batch_size(inputs)
-            if loss is not None:
-                loss_sum += loss.float() * size
-                has_loss = True
-            samples += size
+            # padding (repeated samples evening out the ranks' shards) counts in no loss
+            if real_batches is None or batches < real_batches:
+                size = _batch_size(inputs)
+                if loss is not None:
+                    loss_sum += loss.float() * size
+                    has_loss = True
+                samples += size
             batches += 1
             if logits is not None:
                 logits_parts.append(logits.detach())

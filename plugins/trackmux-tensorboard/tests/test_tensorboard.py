@@ -11,8 +11,10 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+from trackmux import TrainerCallback
 from trackmux.testing import RunData, TrackerConformance, jsonl_log, run_training
-from trackmux.testing.conformance import HYPERPARAMETERS, TRAINING_DEFAULTS, _StopAt
+from trackmux.testing.conformance import HYPERPARAMETERS, TRAINING_DEFAULTS
 from trackmux_tensorboard.tracker import LOGGING_DIR_ENV, TensorBoardTracker
 
 SESSION_START_TAG = "_hparams_/session_start_info"
@@ -39,7 +41,10 @@ def accumulate(logdir) -> EventAccumulator:
 
 
 def texts(events: EventAccumulator, tag: str) -> list[str]:
-    return [event.tensor_proto.string_val[0].decode() for event in events.Tensors(tag)]
+    """The texts of ``add_text(tag, ...)``, which torch stores under ``<tag>/text_summary``."""
+    return [
+        event.tensor_proto.string_val[0].decode() for event in events.Tensors(f"{tag}/text_summary")
+    ]
 
 
 def hparams(events: EventAccumulator) -> dict:
@@ -53,6 +58,17 @@ def scalars(events: EventAccumulator) -> dict[str, list[tuple[int, float]]]:
         tag: [(event.step, event.value) for event in events.Scalars(tag)]
         for tag in events.Tags()["scalars"]
     }
+
+
+class InterruptAt(TrainerCallback):
+    """Ctrl-C at the start of ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            raise KeyboardInterrupt
 
 
 def train(output_dir, *, tracker_config=None, callbacks=(), resume=None, **overrides):
@@ -82,17 +98,17 @@ def train(output_dir, *, tracker_config=None, callbacks=(), resume=None, **overr
 class TestTensorBoardConformance(TrackerConformance):
     tracker_class = TensorBoardTracker
     rel_tolerance = 1e-6  # scalars are stored as float32
+    purges_after_resume = True  # SummaryWriter(purge_step=...) on resume
 
     def make_tracker(self, tmp_path):
         return TensorBoardTracker()
 
     def read_back(self, tracker, tmp_path):
         events = accumulate(tracker.logging_dir)
-        statuses = texts(events, "status")
         return RunData(
             params=hparams(events),
             metrics=scalars(events),
-            status=statuses[-1] if statuses else None,
+            status=texts(events, "status")[-1],
             runs=len(event_dirs(tmp_path)),
         )
 
@@ -167,7 +183,7 @@ def test_resume_reopens_the_directory_the_checkpoint_names(trackmux_env):
         run_training(
             trackmux_env / "out",
             TensorBoardTracker(logging_dir=str(first)),
-            callbacks=[_StopAt(6, KeyboardInterrupt())],
+            callbacks=[InterruptAt(6)],
         )
     # the resumed run is configured elsewhere, yet continues the run the checkpoint names
     resumed = TensorBoardTracker(logging_dir=str(trackmux_env / "second"))
@@ -243,6 +259,7 @@ print(json.dumps({"status": info.status, "reason": info.reason, "fix": info.fix,
         ("missing", "backend missing: tensorboard is not installed"),
         ("too-old", "unsupported backend: tensorboard 2.9.1 is installed, tensorboard>=2.10"),
     ],
+    ids=["missing", "too-old"],
 )
 def test_reports_itself_unavailable_without_a_usable_tensorboard(case, reason):
     output = subprocess.run(

@@ -9,6 +9,7 @@ _LAZY = {
     "RunData": "trackmux.testing.conformance",
     "TrackerConformance": "trackmux.testing.conformance",
     "run_training": "trackmux.testing.conformance",
+    "StopAt": "trackmux.testing.conformance",
     "jsonl_log": "trackmux.testing.conformance",
     "RegressionDataset": "trackmux.testing.toy",
     "TinyRegressor": "trackmux.testing.toy",

@@ -66,22 +66,26 @@ class RunData:
     runs: int = 1
 
 
-class _StopAt:
-    """A callback raising ``error`` at the start of step ``step`` (after step-1 finished)."""
+def StopAt(step: int, error: BaseException):
+    """A callback raising ``error`` at the start of step ``step`` (after step - 1 finished):
+    how the suite simulates a crash (an exception) or an interrupt (KeyboardInterrupt)."""
+    from trackmux import TrainerCallback
 
-    def __new__(cls, step: int, error: BaseException):
-        from trackmux import TrainerCallback
+    class StopAtStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step + 1 == step:
+                raise error
 
-        class StopAt(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                if state.global_step + 1 == step:
-                    raise error
-
-        return StopAt()
+    return StopAtStep()
 
 
-def run_training(output_dir, tracker=None, *, callbacks=(), resume=None, **overrides):
-    """Train the toy model for a few steps, reporting to jsonl and ``tracker``."""
+def run_training(
+    output_dir, tracker=None, *, callbacks=(), resume=None, trainer_kwargs=None, **overrides
+):
+    """Train the toy model for a few steps, reporting to jsonl and ``tracker``.
+
+    ``overrides`` change TrainingArguments; ``trainer_kwargs`` are passed to the Trainer
+    (``tracker_config``, ``compute_metrics``...)."""
     from trackmux import Trainer, TrainingArguments
     from trackmux.testing.toy import RegressionDataset, TinyRegressor
 
@@ -94,6 +98,7 @@ def run_training(output_dir, tracker=None, *, callbacks=(), resume=None, **overr
         callbacks=list(callbacks),
         trackers=[tracker] if tracker is not None else None,
         hyperparameters=HYPERPARAMETERS,
+        **(trainer_kwargs or {}),
     )
     trainer.train(resume_from_checkpoint=resume)
     return trainer
@@ -118,6 +123,8 @@ class TrackerConformance:
     params_as_strings: ClassVar[bool] = False
     #: metric names the backend does not keep (e.g. runtimes it drops)
     ignored_metrics: ClassVar[tuple[str, ...]] = ()
+    #: on resume, the backend drops points logged after the checkpoint (RunInfo.step)
+    purges_after_resume: ClassVar[bool] = False
 
     def make_tracker(self, tmp_path: Path):
         """A configured tracker writing under ``tmp_path``."""
@@ -184,6 +191,12 @@ class TrackerConformance:
         assert [s for s, _ in log.history("train/loss")] == [2, 4, 6, 8]
         assert [s for s, _ in log.history("eval/loss")] == [4, 8]
         self.assert_metrics_match_log(tracker, data, log)
+        for name, expected in log.summary.items():
+            if name in self.ignored_metrics:
+                continue
+            stored = data.metrics.get(self.expected_name(tracker, name))
+            assert stored, f"summary value {name!r} missing; backend has {sorted(data.metrics)}"
+            self.assert_same_value(stored[-1][1], expected, f"summary {name!r}")
 
     def test_status_success(self, trackmux_env):
         trainer, tracker = self.train(trackmux_env)
@@ -197,7 +210,7 @@ class TrackerConformance:
     def test_status_when_training_ends_early(self, trackmux_env, error, status):
         tracker = self.make_tracker(trackmux_env)
         with pytest.raises(type(error)):
-            run_training(trackmux_env / "out", tracker, callbacks=[_StopAt(5, error)])
+            run_training(trackmux_env / "out", tracker, callbacks=[StopAt(5, error)])
         data = self.read_back(tracker, trackmux_env)
         log = jsonl_log(trackmux_env / "out")
         assert log.status == status
@@ -208,14 +221,18 @@ class TrackerConformance:
 
     def test_resume_continues_the_same_run(self, trackmux_env):
         tracker = self.make_tracker(trackmux_env)
+        # interrupted at step 7: the last checkpoint is step 4, step 6 was logged after it
         with pytest.raises(KeyboardInterrupt):
-            run_training(trackmux_env / "out", tracker, callbacks=[_StopAt(6, KeyboardInterrupt())])
+            run_training(trackmux_env / "out", tracker, callbacks=[StopAt(7, KeyboardInterrupt())])
         resumed = self.make_tracker(trackmux_env)
         run_training(trackmux_env / "out", resumed, resume=True)
         data = self.read_back(resumed, trackmux_env)
         assert data.runs == 1, f"resuming opened {data.runs} backend runs instead of one"
         steps = [s for s, _ in data.metrics[self.expected_name(resumed, "train/loss")]]
-        assert steps[-1] == 8 and 2 in steps
+        if self.purges_after_resume:
+            assert steps == [2, 4, 6, 8]
+        else:
+            assert steps[:2] == [2, 4] and steps[-1] == 8
         if data.status is not None:
             assert data.status == "success"
 

@@ -8,10 +8,40 @@ from __future__ import annotations
 import pytest
 
 
+#: variables through which a developer's shell would steer a backend during tests
+BACKEND_ENV_VARS = (
+    "TRACKMUX_PLUGINS",
+    "TRACKMUX_DISABLE_PLUGIN_AUTOLOAD",
+    "TENSORBOARD_LOGGING_DIR",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_TAGS",
+    "MLFLOW_NESTED_RUN",
+    "HF_MLFLOW_LOG_ARTIFACTS",
+    "WANDB_PROJECT",
+    "WANDB_ENTITY",
+    "WANDB_API_KEY",
+    "WANDB_LOG_MODEL",
+    "WANDB_WATCH",
+    "COMET_API_KEY",
+    "COMET_MODE",
+    "COMET_PROJECT_NAME",
+    "NEPTUNE_API_TOKEN",
+    "NEPTUNE_PROJECT",
+    "CLEARML_API_ACCESS_KEY",
+    "HF_DVCLIVE_LOG_MODEL",
+    "DAGSHUB_USER_TOKEN",
+)
+
+
 @pytest.fixture
 def trackmux_env(monkeypatch, tmp_path):
     """An environment where trackers stay local and quiet: strict tracker errors, no
-    telemetry, offline SaaS modes, every cache and data dir under ``tmp_path``."""
+    telemetry, offline SaaS modes, the working directory in ``tmp_path``, and none of the
+    developer's backend variables (:data:`BACKEND_ENV_VARS`)."""
+    for name in BACKEND_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TRACKMUX_STRICT", "1")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("DO_NOT_TRACK", "true")

@@ -52,6 +52,7 @@ class JsonlTracker(Tracker):
                 "run": name,
                 "kind": run.kind,
                 "resumed": bool(run.resume),
+                "step": run.step,
                 "config": run.config,
             }
         )

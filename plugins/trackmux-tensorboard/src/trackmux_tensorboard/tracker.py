@@ -7,7 +7,8 @@ What, when:
 
 - start: the config as HParams (a session-start summary) and as a markdown table in the
   text tag ``config``;
-- every log: one scalar per metric at the global step (TensorBoard stores float32);
+- every log: one scalar per metric at the global step (TensorBoard stores float32),
+  flushed at once;
 - end of training: the summary values (``train/train_runtime``...) as scalars at the final
   step;
 - finish: the status ("success", "failed", "killed") in the text tag ``status``.
@@ -49,7 +50,9 @@ class TensorBoardTracker(Tracker):
             default=os.path.join(run.output_dir, "runs", run.name, "tensorboard"),
         )
         self.logging_dir = os.path.abspath(os.path.expanduser(os.fspath(directory)))
-        self._writer = SummaryWriter(log_dir=self.logging_dir)
+        # a resumed training drops the points the interrupted run logged after its checkpoint
+        purge_step = run.step + 1 if run.resume and run.kind == "train" else None
+        self._writer = SummaryWriter(log_dir=self.logging_dir, purge_step=purge_step)
         if not run.resume:
             # TensorBoard keeps the first hparams of a run and ignores later ones
             self._write_hparams(run.config)
@@ -60,6 +63,9 @@ class TensorBoardTracker(Tracker):
         for name, value in metrics.items():
             self._writer.add_scalar(name, value, global_step=step)
         self._step = step
+        # a live TensorBoard shows each point at once; this runs off the loop and measured
+        # no dearer than leaving it to the writer's 120 s timer
+        self._writer.flush()
 
     def flush(self):
         if self._writer is not None:

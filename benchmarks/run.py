@@ -1,0 +1,432 @@
+"""trackmux's performance suite: time per training step against a plain PyTorch loop.
+
+    python benchmarks/run.py [--quick] [--steps N] [--repeats R] [--out DIR]
+                             [--models tiny,medium] [--logging-steps 1,10]
+                             [--contenders plain,trackmux-none,...] [--profile]
+                             [--startup | --no-startup]
+
+Every contender trains the same model on the same batches; the contenders are interleaved
+(round-robin, the order rotated each repeat) so machine noise hits them alike. The figure
+for a contender is the median of its per-repeat seconds per step; its ratio is that median
+over the plain loop's. See benchmarks/README.md for the method and how to read results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # run as a file or imported by the tests
+    sys.path.insert(0, str(HERE))
+
+import startup  # noqa: E402
+from contenders import (  # noqa: E402
+    TASKS,
+    Contender,
+    Window,
+    build_contenders,
+    default_device,
+    plain_model,
+    trackmux_model,
+)
+
+# trackers must never phone home, and the "reporting to" line of each of the hundreds of
+# Trainers would drown the table
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "COMET_ERROR_TRACKING_ENABLE": "false",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "TRACKMUX_VERBOSITY": "warning",
+}
+QUICK = {"repeats": 3, "steps": {"tiny": 200, "medium": 20}, "startup_runs": 3}
+FULL = {"repeats": 5, "startup_runs": 10}
+PROFILE_THRESHOLD = 1.05
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Time per training step: trackmux contenders against a plain loop."
+    )
+    parser.add_argument("--quick", action="store_true", help="CI smoke run (under a minute)")
+    parser.add_argument("--steps", type=int, help="timed steps per repeat, for every model")
+    parser.add_argument("--warmup", type=int, help="untimed steps before the window")
+    parser.add_argument("--repeats", type=int, help="rounds over all contenders")
+    parser.add_argument("--out", default=str(HERE / "results"), help="output folder")
+    parser.add_argument("--models", default=",".join(TASKS), help="comma-separated")
+    parser.add_argument("--logging-steps", default="1,10", help="comma-separated intervals")
+    parser.add_argument("--contenders", help="comma-separated names (plain is always run)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile trackmux-none against plain (cProfile) for each model and interval",
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--startup", action="store_true", help="only the start-up figures")
+    group.add_argument("--no-startup", action="store_true", help="skip the start-up figures")
+    options = parser.parse_args(argv)
+    options.models = [name.strip() for name in options.models.split(",") if name.strip()]
+    unknown = [name for name in options.models if name not in TASKS]
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    options.logging_steps = [int(n) for n in options.logging_steps.split(",") if n.strip()]
+    if not options.logging_steps or min(options.logging_steps) < 1:
+        parser.error("--logging-steps: positive integers, e.g. 1,10")
+    preset = QUICK if options.quick else FULL
+    options.repeats = options.repeats or preset["repeats"]
+    options.startup_runs = preset["startup_runs"]
+    steps = preset.get("steps", {})
+    options.windows = {}
+    for name in options.models:
+        task = TASKS[name]
+        timed = options.steps or steps.get(name, task.steps)
+        warmup = task.warmup if options.warmup is None else options.warmup
+        for interval in options.logging_steps:
+            options.windows[name, interval] = Window(timed, warmup, interval)
+    return options
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def machine_info() -> dict:
+    import pluggy
+    import torch
+
+    import trackmux
+
+    device = default_device()
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "trackmux": trackmux.__version__,
+        "pluggy": pluggy.__version__,
+        "device": str(device),
+    }
+    if hasattr(os, "sched_getaffinity"):
+        info["cpus_usable"] = len(os.sched_getaffinity(0))
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = list(os.getloadavg())
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def plugin_info() -> dict:
+    from trackmux.plugins import get_registry
+
+    return {name: info.status for name, info in get_registry().plugins.items()}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def equivalence(options, workdir: str) -> dict:
+    """Train plain and trackmux-none a few steps from the same start: the weights must
+    agree, or the plain loop is not the same work and the ratios mean nothing."""
+    report = {}
+    for name in options.models:
+        task = TASKS[name]
+        window = Window(steps=8, warmup=2, logging_steps=min(options.logging_steps))
+        plain, _ = plain_model(task, window)
+        mine, _ = trackmux_model(task, window, "none", os.path.join(workdir, "equivalence"))
+        mine_state = mine.state_dict()
+        difference = max(
+            (value - mine_state[key].to(value.device)).abs().max().item()
+            for key, value in plain.state_dict().items()
+        )
+        report[name] = {"max_abs_weight_difference": difference, "same": difference <= 1e-6}
+    return report
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def measure(options, contenders: list[Contender], workdir: str) -> dict:
+    """``{(model, interval, contender): [RunResult, ...]}``, one per repeat."""
+    samples: dict[tuple, list] = {
+        (name, interval, contender.name): []
+        for (name, interval) in options.windows
+        for contender in contenders
+    }
+    runs = 0
+
+    def one(contender, task, window):
+        nonlocal runs
+        runs += 1
+        directory = os.path.join(workdir, f"run-{runs}")
+        gc.collect()  # garbage left by the previous contender must not be collected in this one
+        try:
+            return contender.run(task, window, directory)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    # an untimed round first: imports, allocator pools and first-call caches warm up
+    for (name, interval), window in options.windows.items():
+        short = Window(min(window.steps, 20), window.warmup, interval)
+        for contender in contenders:
+            one(contender, TASKS[name], short)
+    for repeat in range(options.repeats):
+        began = time.perf_counter()
+        shift = repeat % len(contenders)
+        order = contenders[shift:] + contenders[:shift]
+        for (name, interval), window in options.windows.items():
+            for contender in order:
+                samples[name, interval, contender.name].append(
+                    one(contender, TASKS[name], window)
+                )
+        _say(f"  repeat {repeat + 1}/{options.repeats}: {time.perf_counter() - began:.1f} s")
+    return samples
+
+
+def summarise(options, contenders: list[Contender], samples: dict) -> list[dict]:
+    rows = []
+    for (name, interval), window in options.windows.items():
+        plain = [r.per_step for r in samples[name, interval, "plain"]]
+        plain_median = statistics.median(plain)
+        for contender in contenders:
+            results = samples[name, interval, contender.name]
+            times = [r.per_step for r in results]
+            # the same repeat ran both back to back: the per-repeat ratio shows the spread
+            paired = [mine / floor for mine, floor in zip(times, plain)]
+            row = {
+                "model": name,
+                "logging_steps": interval,
+                "contender": contender.name,
+                "steps": window.steps,
+                "warmup": window.warmup,
+                "per_repeat_s": times,
+                "median_s": statistics.median(times),
+                "ratio": statistics.median(times) / plain_median,
+                "paired_ratio": {
+                    "min": min(paired),
+                    "median": statistics.median(paired),
+                    "max": max(paired),
+                },
+            }
+            if contender.slow:
+                delivered = [r.info["delivered"] for r in results]
+                logged = [r.info["logged"] for r in results]
+                row["slow_tracker"] = {
+                    "delay_s": 0.05,
+                    "delivered": delivered,
+                    "logged": logged,
+                    "all_delivered": delivered == logged,
+                }
+            rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_table(rows: list[dict]) -> str:
+    header = (
+        f"{'model':<7} {'log':>4}  {'contender':<44} {'us/step':>9} {'ratio':>6}  "
+        f"{'per-repeat ratio':>16}"
+    )
+    lines = [header, "-" * len(header)]
+    previous = None
+    for row in rows:
+        group = (row["model"], row["logging_steps"])
+        if previous is not None and group != previous:
+            lines.append("")
+        previous = group
+        paired = row["paired_ratio"]
+        spread = "" if row["contender"] == "plain" else f"{paired['min']:.2f}..{paired['max']:.2f}"
+        note = ""
+        if "slow_tracker" in row:
+            slow = row["slow_tracker"]
+            note = "  all records delivered" if slow["all_delivered"] else "  RECORDS MISSING"
+        lines.append(
+            f"{row['model']:<7} {row['logging_steps']:>4}  {row['contender']:<44} "
+            f"{row['median_s'] * 1e6:9.1f} {row['ratio']:6.2f}  {spread:>16}{note}"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    groups = list(dict.fromkeys((r["model"], r["logging_steps"]) for r in rows))
+    names = [n for n in dict.fromkeys(r["contender"] for r in rows) if n != "plain"]
+    ratio = {(r["model"], r["logging_steps"], r["contender"]): r["ratio"] for r in rows}
+    width = 0.8 / max(1, len(names))
+    figure, axes = plt.subplots(figsize=(max(6, 1.8 * len(groups) * max(1, len(names)) / 2), 4))
+    for index, name in enumerate(names):
+        xs = [g + index * width for g in range(len(groups))]
+        axes.bar(xs, [ratio.get((*group, name), 0) for group in groups], width, label=name)
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_xticks([g + width * (len(names) - 1) / 2 for g in range(len(groups))])
+    axes.set_xticklabels([f"{model}\nlog every {n}" for model, n in groups])
+    axes.set_ylabel("time per step / plain loop")
+    axes.set_title("trackmux overhead (1.0 = plain PyTorch loop)")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def write_results(out: Path, results: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    options = parse_args(argv)
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    out = Path(options.out).resolve()
+    began = time.perf_counter()
+    results: dict = {"machine": machine_info(), "quick": options.quick}
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
+        results["machine"]["torch_threads"] = options.threads
+
+    if not options.startup:
+        results.update(run_steps(options, out))
+    if not options.no_startup:
+        _say(f"start-up: {options.startup_runs} fresh processes per figure")
+        results["startup"] = startup.measure(options.startup_runs)
+        print()
+        print(startup.format_report(results["startup"]))
+    results["elapsed_s"] = time.perf_counter() - began
+    path = write_results(out, results)
+    if "results" in results and plot(results["results"], out / "results.png"):
+        print(f"\nwrote {path} and {out / 'results.png'}")
+    else:
+        print(f"\nwrote {path}")
+    return 0
+
+
+def run_steps(options, out: Path) -> dict:
+    # trackers write where they run (mlflow's ./mlruns, dvclive's dvc.yaml): not in the repo
+    home = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="trackmux-bench-") as workdir:
+        os.chdir(workdir)
+        try:
+            return _run_steps(options, out, workdir)
+        finally:
+            os.chdir(home)
+
+
+def _run_steps(options, out: Path, workdir: str) -> dict:
+    contenders, skipped = build_contenders()
+    if options.contenders:
+        wanted = {"plain", *(n.strip() for n in options.contenders.split(","))}
+        unknown = wanted - {c.name for c in contenders} - {name for name, _ in skipped}
+        if unknown:
+            raise SystemExit(f"--contenders: unknown {', '.join(sorted(unknown))}")
+        contenders = [c for c in contenders if c.name in wanted]
+        skipped = [(name, why) for name, why in skipped if name in wanted]
+    for name, why in skipped:
+        _say(f"skipped {name}: {why}")
+    check = equivalence(options, workdir)
+    for name, verdict in check.items():
+        if not verdict["same"]:
+            _say(
+                f"WARNING: plain and trackmux-none weights differ on {name} by "
+                f"{verdict['max_abs_weight_difference']:.3g}: the floor is not the same work"
+            )
+    _say(
+        f"{len(contenders)} contenders x {len(options.windows)} (model, interval) x "
+        f"{options.repeats} repeats"
+    )
+    samples = measure(options, contenders, workdir)
+    rows = summarise(options, contenders, samples)
+    print(format_table(rows))
+    for name, why in skipped:
+        print(f"skipped {name}: {why}")
+    section = {
+        "settings": {
+            "repeats": options.repeats,
+            "logging_steps": options.logging_steps,
+            "models": {
+                name: {
+                    "layers": list(TASKS[name].layers),
+                    "batch_size": TASKS[name].batch_size,
+                    "loss": TASKS[name].loss,
+                }
+                for name in options.models
+            },
+        },
+        "plugins": plugin_info(),
+        "contenders": [
+            {
+                "name": c.name,
+                "report_to": c.report_to,
+                "trackers": sorted(c.trackers),
+            }
+            for c in contenders
+        ],
+        "skipped": [{"name": name, "why": why} for name, why in skipped],
+        "equivalence": check,
+        "results": rows,
+    }
+    if options.profile:
+        section["profiles"] = profile(options, out, workdir)
+    else:
+        high = [r for r in rows if r["contender"] == "trackmux-none"]
+        high = [r for r in high if r["ratio"] > PROFILE_THRESHOLD]
+        if high:
+            print(
+                f"\ntrackmux-none is above {PROFILE_THRESHOLD:.2f}x plain in "
+                f"{len(high)} case(s): rerun with --profile to see where the time goes"
+            )
+    return section
+
+
+def profile(options, out: Path, workdir: str) -> list[dict]:
+    import profiling
+
+    reports = []
+    contender = Contender("trackmux-none", "none")
+    for (name, interval), window in options.windows.items():
+        report = profiling.compare(contender, TASKS[name], window, os.path.join(workdir, "prof"))
+        text = profiling.format_report(report)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"profile-{name}-log{interval}.txt").write_text(text + "\n", encoding="utf-8")
+        print()
+        print(text)
+        report["extra"] = report["extra"][:40]
+        report["trackmux_cumulative"] = report["trackmux_cumulative"][:40]
+        reports.append(report)
+    return reports
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""trackmux-mlflow against a real MLflow: a loopback ``mlflow server`` and a local sqlite store,
+everything read back with ``MlflowClient``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import uuid
+
+import pytest
+from mlflow.tracking import MlflowClient
+from trackmux.testing import RunData, TrackerConformance
+from trackmux.testing.conformance import TRAINING_DEFAULTS
+from trackmux.tracker import RunInfo
+from trackmux_mlflow.tracker import MlflowTracker
+
+STATUS = {"FINISHED": "success", "FAILED": "failed", "KILLED": "killed", "RUNNING": None}
+PLUGIN_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_NESTED_RUN",
+    "MLFLOW_TAGS",
+    "MLFLOW_MAX_LOG_PARAMS",
+    "HF_MLFLOW_LOG_ARTIFACTS",
+    "DISABLE_MLFLOW_INTEGRATION",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for name in PLUGIN_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def read_run(uri: str, run_id: str) -> RunData:
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    metrics = {}
+    for key in run.data.metrics:
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        metrics[key] = [(m.step, m.value) for m in history]
+    runs = client.search_runs([run.info.experiment_id])
+    return RunData(
+        params=dict(run.data.params),
+        metrics=metrics,
+        status=STATUS[run.info.status],
+        runs=len(runs),
+    )
+
+
+def train(output_dir, tracker=None, hyperparameters=None, evaluate=False, **overrides):
+    from trackmux import Trainer, TrainingArguments
+    from trackmux.testing import RegressionDataset, TinyRegressor
+
+    arguments = {**TRAINING_DEFAULTS, "output_dir": str(output_dir), **overrides}
+    trainer = Trainer(
+        model=TinyRegressor(),
+        args=TrainingArguments(**arguments),
+        train_dataset=RegressionDataset(32),
+        eval_dataset=RegressionDataset(16, seed=1),
+        trackers=[tracker] if tracker is not None else None,
+        hyperparameters=hyperparameters or {},
+    )
+    trainer.train()
+    if evaluate:
+        trainer.evaluate()
+    return trainer
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# -- the conformance suite, twice --------------------------------------------------------
+
+
+class TestConformanceServer(TrackerConformance):
+    """Over HTTP to the real server: one experiment per test, so counting runs is exact."""
+
+    tracker_class = MlflowTracker
+    params_as_strings = True
+
+    @pytest.fixture(autouse=True)
+    def _server(self, mlflow_server):
+        self.url = mlflow_server
+
+    def make_tracker(self, tmp_path):
+        return MlflowTracker(tracking_uri=self.url, experiment_name=f"conformance-{tmp_path.name}")
+
+    def read_back(self, tracker, tmp_path):
+        assert tracker.tracking_uri == self.url
+        return read_run(self.url, tracker.run_id)
+
+
+class TestConformanceLocalStore(TrackerConformance):
+    """No URI anywhere: the default store, ``sqlite:///<output_dir>/mlflow.db``."""
+
+    tracker_class = MlflowTracker
+    params_as_strings = True
+
+    def make_tracker(self, tmp_path):
+        return MlflowTracker()
+
+    def read_back(self, tracker, tmp_path):
+        uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+        assert tracker.tracking_uri == uri
+        return read_run(uri, tracker.run_id)
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_env_sets_experiment_tags_and_uri_through_report_to(
+    trackmux_env, mlflow_server, monkeypatch
+):
+    experiment = unique("from-env")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+    monkeypatch.setenv("MLFLOW_TAGS", json.dumps({"team": "vision", "ticket@id": 42}))
+    trainer = train(trackmux_env / "out", report_to=["jsonl", "mlflow"])
+
+    identity = trainer.state.tracker_runs["mlflow"]
+    assert identity["tracking_uri"] == mlflow_server
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(identity["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == experiment
+    assert run.data.tags["team"] == "vision"
+    assert run.data.tags["ticket_id"] == "42"
+    assert run.info.run_name == "conformance"
+    assert run.info.status == "FINISHED"
+    where = dict(trainer.trackers.where())["mlflow"]
+    assert where.startswith(mlflow_server) and identity["run_id"] in where
+    assert MlflowTracker.mode() == "online"
+
+
+def test_tracking_uri_setting_beats_env_beats_default(trackmux_env, monkeypatch):
+    out = trackmux_env / "out"
+    env_uri = f"sqlite:///{trackmux_env / 'env.db'}"
+    setting_uri = f"sqlite:///{trackmux_env / 'setting.db'}"
+
+    def run_once(tracker):
+        tracker.start(RunInfo(name="uri", config={"a": 1}, output_dir=str(out)))
+        tracker.finish("success")
+        assert MlflowClient(tracker.tracking_uri).get_run(tracker.run_id).data.params == {"a": "1"}
+        return tracker
+
+    assert run_once(MlflowTracker()).tracking_uri == f"sqlite:///{out / 'mlflow.db'}"
+    assert (out / "mlflow.db").is_file()
+    assert MlflowTracker.mode() == "local"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env_uri)
+    assert run_once(MlflowTracker()).tracking_uri == env_uri
+    tracker = run_once(MlflowTracker(tracking_uri=setting_uri))
+    assert tracker.tracking_uri == setting_uri
+    assert tracker.where() == f"run {tracker.run_id}: mlflow ui --backend-store-uri {setting_uri}"
+
+
+def test_bad_mlflow_tags_are_refused_clearly(trackmux_env, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TAGS", "team=vision")
+    with pytest.raises(ValueError, match="MLFLOW_TAGS is not valid JSON"):
+        MlflowTracker().start(RunInfo(name="x", config={}, output_dir=str(trackmux_env)))
+
+
+def test_disable_mlflow_integration_keeps_it_out_of_all(monkeypatch):
+    assert MlflowTracker.unconfigured_reason() is None
+    monkeypatch.setenv("DISABLE_MLFLOW_INTEGRATION", "TRUE")
+    assert "DISABLE_MLFLOW_INTEGRATION" in MlflowTracker.unconfigured_reason()
+
+
+# -- which run ---------------------------------------------------------------------------------
+
+
+def test_mlflow_run_id_reattaches_to_that_run(trackmux_env, mlflow_server, monkeypatch):
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.create_experiment(unique("reattach"))
+    given = client.create_run(experiment_id, run_name="made-before").info.run_id
+    client.set_terminated(given, "FINISHED")
+    monkeypatch.setenv("MLFLOW_RUN_ID", given)
+    tracker = MlflowTracker(tracking_uri=mlflow_server)
+    train(trackmux_env / "out", tracker)
+
+    assert tracker.run_id == given
+    data = read_run(mlflow_server, given)
+    assert data.runs == 1 and data.status == "success"
+    assert [step for step, _ in data.metrics["train/loss"]] == [2, 4, 6, 8]
+    assert client.get_run(given).info.run_name == "made-before"
+
+
+def test_nested_run_under_the_users_active_run(trackmux_env, mlflow_server, monkeypatch):
+    import mlflow
+
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.create_experiment(unique("nested"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_NESTED_RUN", "true")
+    with mlflow.start_run(experiment_id=experiment_id, run_name="parent") as parent:
+        tracker = MlflowTracker()
+        train(trackmux_env / "out", tracker)
+        parent_run = client.get_run(parent.info.run_id)
+        assert parent_run.info.status == "RUNNING" and parent_run.info.end_time is None
+        assert parent_run.data.metrics == {}
+        assert mlflow.active_run().info.run_id == parent.info.run_id
+
+    assert tracker.run_id != parent.info.run_id
+    child = client.get_run(tracker.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.info.status == "FINISHED"
+    assert [step for step, _ in read_run(mlflow_server, tracker.run_id).metrics["train/loss"]] == [
+        2,
+        4,
+        6,
+        8,
+    ]
+    # the parent was ended by its owner, not by the plugin
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_logs_into_the_users_active_run_and_leaves_it_open(
+    trackmux_env, mlflow_server, monkeypatch
+):
+    import mlflow
+
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.create_experiment(unique("user-run"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="mine") as mine:
+        tracker = MlflowTracker()
+        train(trackmux_env / "out", tracker, evaluate=True)
+        assert tracker.run_id == mine.info.run_id
+        data = read_run(mlflow_server, mine.info.run_id)
+        assert data.runs == 1
+        assert client.get_run(mine.info.run_id).info.status == "RUNNING"
+        assert data.params["learning_rate"] == "0.01"
+        assert [step for step, _ in data.metrics["eval/loss"]] == [4, 8, 8]
+
+
+def test_evaluate_after_train_lands_in_the_same_run(trackmux_env, mlflow_server):
+    tracker = MlflowTracker(tracking_uri=mlflow_server, experiment_name=unique("evaluate"))
+    train(trackmux_env / "out", tracker, evaluate=True)
+    data = read_run(mlflow_server, tracker.run_id)
+    assert data.runs == 1
+    assert data.status == "success"
+    # eval at steps 4 and 8 during training, then evaluate() at the final step
+    assert [step for step, _ in data.metrics["eval/loss"]] == [4, 8, 8]
+
+
+def test_resumed_run_keeps_params_mlflow_cannot_change(trackmux_env, caplog):
+    out = str(trackmux_env / "out")
+    first = MlflowTracker()
+    identity = first.start(RunInfo(name="r", config={"lr": 0.1}, output_dir=out))
+    first.finish("killed")
+    again = MlflowTracker()
+    with caplog.at_level(logging.WARNING, logger="trackmux_mlflow"):
+        again.start(
+            RunInfo(name="r", config={"lr": 0.2, "new": 1}, output_dir=out, resume=identity)
+        )
+    again.finish("success")
+    assert again.run_id == first.run_id
+    data = read_run(identity["tracking_uri"], again.run_id)
+    assert data.params == {"lr": "0.1", "new": "1"}
+    assert data.status == "success" and data.runs == 1
+    assert "keeps its earlier value of 1 param(s)" in caplog.text and "lr" in caplog.text
+
+
+# -- params and names ------------------------------------------------------------------------
+
+
+def test_long_value_and_odd_key_are_cut_and_renamed(trackmux_env, mlflow_server, caplog):
+    tracker = MlflowTracker(tracking_uri=mlflow_server, experiment_name=unique("limits"))
+    with caplog.at_level(logging.WARNING, logger="trackmux"):
+        train(
+            trackmux_env / "out",
+            tracker,
+            hyperparameters={"id2label": "x" * 7000, "acc@1": 3, "a//b": "c"},
+        )
+    params = read_run(mlflow_server, tracker.run_id).params
+    assert params["id2label"] == "x" * 6000
+    assert params["acc_1"] == "3"
+    assert params["a/b"] == "c"
+    assert "cut" in caplog.text and "id2label" in caplog.text
+
+
+def test_metric_names_are_sanitized(trackmux_env):
+    tracker = MlflowTracker()
+    tracker.start(RunInfo(name="names", config={}, output_dir=str(trackmux_env / "out")))
+    tracker.log_metrics({"eval/acc@1": 0.5, "eval//f1": 0.25, "x" * 300: 1}, step=3)
+    tracker.finish("success")
+    data = read_run(tracker.tracking_uri, tracker.run_id)
+    assert data.metrics == {"eval/acc_1": [(3, 0.5)], "eval/f1": [(3, 0.25)], "x" * 250: [(3, 1.0)]}
+
+
+def test_more_than_100_params_arrive(trackmux_env, mlflow_server):
+    tracker = MlflowTracker(tracking_uri=mlflow_server, experiment_name=unique("many"))
+    extra = {f"extra_{index:03d}": index for index in range(250)}
+    train(trackmux_env / "out", tracker, hyperparameters=extra)
+    params = read_run(mlflow_server, tracker.run_id).params
+    assert {key: params[key] for key in extra} == {key: str(value) for key, value in extra.items()}
+    assert len(params) > 300
+    assert params["model.hidden"] == "16"
+
+
+# -- artifacts ----------------------------------------------------------------------------------
+
+
+def test_checkpoint_policy_uploads_each_checkpoint(trackmux_env, mlflow_server):
+    tracker = MlflowTracker(
+        tracking_uri=mlflow_server, experiment_name=unique("ckpt"), artifacts="checkpoint"
+    )
+    train(trackmux_env / "out", tracker)
+    client = MlflowClient(mlflow_server)
+    top = {entry.path for entry in client.list_artifacts(tracker.run_id)}
+    assert top == {"checkpoint-4", "checkpoint-8"}
+    inside = {entry.path for entry in client.list_artifacts(tracker.run_id, "checkpoint-8")}
+    assert "checkpoint-8/model.safetensors" in inside
+    assert "checkpoint-8/trainer_state.json" in inside
+
+
+def test_hf_log_artifacts_uploads_the_final_model(trackmux_env, monkeypatch):
+    monkeypatch.setenv("HF_MLFLOW_LOG_ARTIFACTS", "true")
+    tracker = MlflowTracker()
+    train(trackmux_env / "out", tracker)
+    client = MlflowClient(tracker.tracking_uri)
+    assert [entry.path for entry in client.list_artifacts(tracker.run_id)] == ["model"]
+    inside = {entry.path for entry in client.list_artifacts(tracker.run_id, "model")}
+    assert "model/model.safetensors" in inside
+    # the default store keeps its artifacts under the output dir, not in the CWD
+    stored = trackmux_env / "out" / "mlartifacts"
+    assert list(stored.glob(f"*/{tracker.run_id}/artifacts/model/model.safetensors"))
+    assert not (trackmux_env / "mlruns").exists()
+
+
+# -- import cost -------------------------------------------------------------------------------
+
+
+def test_discovery_does_not_import_mlflow():
+    code = (
+        "import sys, trackmux_mlflow\n"
+        "from trackmux.plugins import get_registry\n"
+        "info = get_registry().get('mlflow')\n"
+        "assert info.available and info.distribution == 'trackmux-mlflow', info\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,59 @@
+"""Everything installed together (nox -s integration): report_to="all" end to end.
+
+Every plugin under plugins/ must be installed, available and chosen by "all"; one training
+reaches every tracker; each tracker records a run identity and says where its data is."""
+
+import pathlib
+
+import pytest
+
+from trackmux.plugins import get_registry
+from trackmux.runlog import find_runs, read_run
+from trackmux.testing import run_training
+
+PLUGIN_DIRS = sorted(pathlib.Path(__file__).parents[2].joinpath("plugins").glob("trackmux-*"))
+
+
+def entry_point_names():
+    import tomllib
+
+    names = []
+    for directory in PLUGIN_DIRS:
+        project = tomllib.loads((directory / "pyproject.toml").read_text())["project"]
+        names += list(project.get("entry-points", {}).get("trackmux", {}))
+    return names
+
+
+def test_every_plugin_is_installed_and_available():
+    registry = get_registry(refresh=True)
+    for name in entry_point_names():
+        info = registry.get(name)
+        assert info is not None, f"plugin {name!r} is not installed in this environment"
+        assert info.available, f"plugin {name!r} is installed but unavailable: {info.reason}"
+
+
+def test_report_to_all_reaches_every_tracker(trackmux_env):
+    trainer = run_training(trackmux_env / "out", report_to="all", tracker_strict=True)
+    chosen = {tracker.name for tracker in trainer.trackers.trackers}
+    unconfigured = {
+        name
+        for name in entry_point_names()
+        if get_registry().get(name).tracker_class.unconfigured_reason()
+    }
+    assert chosen == {"jsonl", *entry_point_names()} - unconfigured
+    log = read_run(find_runs(trackmux_env / "out")[-1])
+    assert log.status == "success"
+    assert [step for step, _ in log.history("train/loss")] == [2, 4, 6, 8]
+    for name, where in trainer.trackers.where():
+        assert where, f"tracker {name!r} did not say where its data is"
+
+
+@pytest.mark.parametrize("seconds", ["3"])
+def test_demo_with_every_plugin(trackmux_env, capsys, seconds):
+    from trackmux.cli import main
+
+    assert main(["demo", "--output-dir", str(trackmux_env / "demo"), "--seconds", seconds]) == 0
+    out = capsys.readouterr().out
+    for name in entry_point_names():
+        if not get_registry().get(name).tracker_class.unconfigured_reason():
+            assert f"  {name}" in out, f"the demo did not report where {name!r} put its data"
