@@ -92,10 +92,10 @@ class Task:
 
 TASKS = {
     # overhead-dominated: the step itself is tens of microseconds of math
-    "tiny": Task("tiny", (8, 16, 1), batch_size=8, loss="mse", steps=1000, warmup=50),
+    "tiny": Task("tiny", (8, 16, 1), batch_size=8, loss="mse", steps=500, warmup=50),
     # compute-dominated: milliseconds of matrix products per step
     "medium": Task(
-        "medium", (512, 1024, 1024, 10), batch_size=64, loss="cross_entropy", steps=100, warmup=10
+        "medium", (512, 1024, 1024, 10), batch_size=64, loss="cross_entropy", steps=50, warmup=10
     ),
 }
 
@@ -138,6 +138,7 @@ class Stopwatch:
         self.on_stop = on_stop
         self.started: float | None = None
         self.stopped: float | None = None
+        self.cpu_started = self.cpu_stopped = 0.0
 
     def mark(self, step: int) -> None:
         if step == self.window.warmup:
@@ -145,17 +146,26 @@ class Stopwatch:
             if self.on_start is not None:
                 self.on_start()
             self.started = time.perf_counter()
+            self.cpu_started = time.thread_time()
         elif step == self.window.total:
             synchronize(self.device)
             self.stopped = time.perf_counter()
+            self.cpu_stopped = time.thread_time()
             if self.on_stop is not None:
                 self.on_stop()
 
     @property
     def per_step(self) -> float:
+        """Wall seconds per step."""
         if self.started is None or self.stopped is None:
             raise RuntimeError("the timing window was not reached: too few batches?")
         return (self.stopped - self.started) / self.window.steps
+
+    @property
+    def cpu_per_step(self) -> float:
+        """CPU seconds per step of the training thread: blind to waiting, but also to the
+        other processes that take the CPU away from it on a busy machine."""
+        return (self.cpu_stopped - self.cpu_started) / self.window.steps
 
 
 def _stopwatch_callback(stopwatch: Stopwatch):
@@ -212,6 +222,7 @@ def slow_tracker():
 @dataclass
 class RunResult:
     per_step: float
+    cpu_per_step: float
     info: dict = field(default_factory=dict)
 
 
@@ -294,7 +305,7 @@ def plain_model(task: Task, window: Window, profiler=None) -> tuple[nn.Module, R
             running.zero_()
         if step == total:
             break
-    return model, RunResult(stopwatch.per_step, {"logged": len(logged)})
+    return model, RunResult(stopwatch.per_step, stopwatch.cpu_per_step, {"logged": len(logged)})
 
 
 def run_plain(task: Task, window: Window, profiler=None) -> RunResult:
@@ -340,7 +351,7 @@ def trackmux_model(
     info = {"logged": len(trainer.state.log_history)}
     if tracker is not None:
         info["delivered"] = tracker.calls
-    return trainer.model, RunResult(stopwatch.per_step, info)
+    return trainer.model, RunResult(stopwatch.per_step, stopwatch.cpu_per_step, info)
 
 
 def run_trackmux(

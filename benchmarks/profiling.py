@@ -1,7 +1,8 @@
 """Where a trackmux contender spends time per step beyond the plain loop.
 
 Both loops run the same window under cProfile (enabled only between the end of the warmup
-and the last timed step). Each function's own time per step in the plain loop is subtracted
+and the last timed step), clocked by the training thread's CPU time so that other processes
+on a busy machine do not land in the figures. Each function's own time per step in the plain loop is subtracted
 from its own time in the trackmux run: what is left is trackmux's extra work, function by
 function, plus the extra calls per step. cProfile slows Python code far more than the C++
 kernels it calls, so its totals overstate the overhead: read the ranking, not the ratio.
@@ -13,6 +14,7 @@ import cProfile
 import os
 import pstats
 import sys
+import time
 from dataclasses import dataclass
 
 from contenders import Contender, Task, Window
@@ -59,7 +61,7 @@ def _per_step(stats: pstats.Stats, steps: int) -> dict:
 
 
 def profile_run(contender: Contender, task: Task, window: Window, workdir: str):
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.thread_time)
     result = contender.run(task, window, workdir, profiler=profiler)
     return pstats.Stats(profiler), result
 
@@ -73,7 +75,9 @@ def compare(contender: Contender, task: Task, window: Window, workdir: str) -> d
     costs = []
     for key, (calls, own, cumulative) in mine.items():
         plain_calls, plain_own, _ = plain.get(key, (0.0, 0.0, 0.0))
-        costs.append(FunctionCost(_label(key), own - plain_own, own, cumulative, calls, plain_calls))
+        costs.append(
+            FunctionCost(_label(key), own - plain_own, own, cumulative, calls, plain_calls)
+        )
     total_plain = sum(own for _, own, _ in plain.values())
     total = sum(own for _, own, _ in mine.values())
     return {

@@ -51,7 +51,9 @@ QUIET_ENV = {
     "TRACKMUX_VERBOSITY": "warning",
 }
 QUICK = {"repeats": 3, "steps": {"tiny": 200, "medium": 20}, "startup_runs": 3}
-FULL = {"repeats": 5, "startup_runs": 10}
+# many short rounds rather than a few long ones: a burst of load from another process then
+# spoils one round of each contender, which the median discards
+FULL = {"repeats": 9, "startup_runs": 10}
 PROFILE_THRESHOLD = 1.05
 
 
@@ -67,7 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(TASKS), help="comma-separated")
     parser.add_argument("--logging-steps", default="1,10", help="comma-separated intervals")
     parser.add_argument("--contenders", help="comma-separated names (plain is always run)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads; 0 keeps torch's default (default: 1, see README)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -193,9 +200,7 @@ def measure(options, contenders: list[Contender], workdir: str) -> dict:
         order = contenders[shift:] + contenders[:shift]
         for (name, interval), window in options.windows.items():
             for contender in order:
-                samples[name, interval, contender.name].append(
-                    one(contender, TASKS[name], window)
-                )
+                samples[name, interval, contender.name].append(one(contender, TASKS[name], window))
         _say(f"  repeat {repeat + 1}/{options.repeats}: {time.perf_counter() - began:.1f} s")
     return samples
 
@@ -205,9 +210,11 @@ def summarise(options, contenders: list[Contender], samples: dict) -> list[dict]
     for (name, interval), window in options.windows.items():
         plain = [r.per_step for r in samples[name, interval, "plain"]]
         plain_median = statistics.median(plain)
+        plain_cpu = statistics.median(r.cpu_per_step for r in samples[name, interval, "plain"])
         for contender in contenders:
             results = samples[name, interval, contender.name]
             times = [r.per_step for r in results]
+            cpu = [r.cpu_per_step for r in results]
             # the same repeat ran both back to back: the per-repeat ratio shows the spread
             paired = [mine / floor for mine, floor in zip(times, plain)]
             row = {
@@ -224,6 +231,9 @@ def summarise(options, contenders: list[Contender], samples: dict) -> list[dict]
                     "median": statistics.median(paired),
                     "max": max(paired),
                 },
+                "cpu_per_repeat_s": cpu,
+                "cpu_median_s": statistics.median(cpu),
+                "cpu_ratio": statistics.median(cpu) / plain_cpu,
             }
             if contender.slow:
                 delivered = [r.info["delivered"] for r in results]
@@ -243,8 +253,8 @@ def summarise(options, contenders: list[Contender], samples: dict) -> list[dict]
 
 def format_table(rows: list[dict]) -> str:
     header = (
-        f"{'model':<7} {'log':>4}  {'contender':<44} {'us/step':>9} {'ratio':>6}  "
-        f"{'per-repeat ratio':>16}"
+        f"{'model':<7} {'log':>4}  {'contender':<42} {'us/step':>9} {'ratio':>6} "
+        f"{'per-repeat':>11}  {'cpu us':>9} {'ratio':>6}"
     )
     lines = [header, "-" * len(header)]
     previous = None
@@ -260,8 +270,9 @@ def format_table(rows: list[dict]) -> str:
             slow = row["slow_tracker"]
             note = "  all records delivered" if slow["all_delivered"] else "  RECORDS MISSING"
         lines.append(
-            f"{row['model']:<7} {row['logging_steps']:>4}  {row['contender']:<44} "
-            f"{row['median_s'] * 1e6:9.1f} {row['ratio']:6.2f}  {spread:>16}{note}"
+            f"{row['model']:<7} {row['logging_steps']:>4}  {row['contender']:<42} "
+            f"{row['median_s'] * 1e6:9.1f} {row['ratio']:6.2f} {spread:>11}  "
+            f"{row['cpu_median_s'] * 1e6:9.1f} {row['cpu_ratio']:6.2f}{note}"
         )
     return "\n".join(lines)
 

@@ -7,8 +7,8 @@ import inspect
 
 import pytest
 import torch
-from helpers_trainer import RaiseAt, Recorder, make_args, make_trainer
 
+from helpers_trainer import RaiseAt, Recorder, make_args, make_trainer
 from trackmux import (
     DefaultFlowCallback,
     PrinterCallback,
@@ -177,7 +177,6 @@ def test_event_order_matches_hugging_face(tmp_path):
         ("on_epoch_begin", 3),
         *_step(4, "on_log"),
         *_step(5),
-        # trackmux: the last step is logged even when it is no multiple of logging_steps
         *_step(6, "on_log", *EVALUATION, "on_save", "on_epoch_end"),
         ("on_log", 6),  # the train summary
         ("on_train_end", 6),
@@ -186,6 +185,30 @@ def test_event_order_matches_hugging_face(tmp_path):
     logged = [sorted(entry) for entry in trainer.state.log_history]
     assert [entry["step"] for entry in trainer.state.log_history] == [2, 3, 4, 6, 6, 6]
     assert "loss" in logged[0] and "eval_loss" in logged[1] and "train_runtime" in logged[-1]
+
+
+def test_the_last_step_is_always_logged_evaluated_and_saved(tmp_path):
+    # trackmux's documented decision: the final step is logged even when it is no multiple of
+    # logging_steps (Hugging Face evaluates and saves there too, but does not log)
+    trainer = make_trainer(
+        tmp_path,
+        max_steps=5,
+        logging_steps=2,
+        logging_first_step=True,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+    )
+    trainer.train()
+    history = trainer.state.log_history
+    assert [entry["step"] for entry in history if "loss" in entry] == [1, 2, 4, 5]
+    assert [entry["step"] for entry in history if "eval_loss" in entry] == [2, 4, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-2",
+        "checkpoint-4",
+        "checkpoint-5",
+    ]
 
 
 def test_event_order_with_gradient_accumulation(tmp_path):
@@ -314,9 +337,7 @@ def test_on_exception_receives_the_error_and_train_end_does_not_fire(tmp_path):
     recorder = Recorder()
     error = RuntimeError("boom at step 3")
     stopper = RaiseAt(3, error)
-    trainer = make_trainer(
-        tmp_path, max_steps=5, trainer_kwargs={"callbacks": [stopper, recorder]}
-    )
+    trainer = make_trainer(tmp_path, max_steps=5, trainer_kwargs={"callbacks": [stopper, recorder]})
     with pytest.raises(RuntimeError, match="boom at step 3"):
         trainer.train()
     assert stopper.exceptions == [error]
@@ -392,7 +413,11 @@ def test_should_training_stop_stops_at_exactly_that_step(tmp_path, stop_at):
     trainer.train()
     assert trainer.state.global_step == stop_at
     assert len(recorder.of("on_step_begin")) == stop_at
-    assert [event for event, _ in recorder.events[-3:]] == ["on_epoch_end", "on_log", "on_train_end"]
+    assert [event for event, _ in recorder.events[-3:]] == [
+        "on_epoch_end",
+        "on_log",
+        "on_train_end",
+    ]
 
 
 def test_should_save_forces_a_checkpoint(tmp_path):
@@ -402,7 +427,10 @@ def test_should_save_forces_a_checkpoint(tmp_path):
 
     recorder = Recorder()
     trainer = make_trainer(
-        tmp_path, max_steps=4, save_strategy="no", trainer_kwargs={"callbacks": [SaveAtTwo, recorder]}
+        tmp_path,
+        max_steps=4,
+        save_strategy="no",
+        trainer_kwargs={"callbacks": [SaveAtTwo, recorder]},
     )
     trainer.train()
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-2"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers_trainer import RaiseAt, make_trainer, scripted_metric
 
+from helpers_trainer import RaiseAt, make_trainer, scripted_metric
 from trackmux import EarlyStoppingCallback
 
 
@@ -61,7 +61,9 @@ def test_lower_is_better_with_eval_loss_style_name(tmp_path):
 def test_threshold_counts_small_gains_as_no_improvement(tmp_path, threshold, stop_step):
     # gains: +0.05 (small), +0.15 (large), +0.05, +0.05, then +0.05 every step
     values = [1.0, 1.05, 1.2, 1.25, 1.3]
-    scores = {step: values[step - 1] if step <= 5 else 1.3 + 0.05 * (step - 5) for step in range(1, 21)}
+    scores = {
+        step: values[step - 1] if step <= 5 else 1.3 + 0.05 * (step - 5) for step in range(1, 21)
+    }
     callback = EarlyStoppingCallback(early_stopping_patience=2, early_stopping_threshold=threshold)
     trainer = early_stopping_trainer(tmp_path, scores, callback)
     trainer.train()
@@ -128,9 +130,7 @@ def test_patience_counter_survives_a_resume(tmp_path):
     }
 
     fresh = EarlyStoppingCallback(early_stopping_patience=3)
-    resumed = early_stopping_trainer(
-        tmp_path, scores, fresh, save_strategy="steps", save_steps=1
-    )
+    resumed = early_stopping_trainer(tmp_path, scores, fresh, save_strategy="steps", save_steps=1)
     resumed.train(resume_from_checkpoint=True)
     # without the restored counter (2) it would run to step 6
     assert resumed.state.global_step == 4

@@ -8,7 +8,9 @@ from trackmux.runlog import find_runs, read_run
 
 
 def test_demo_trains_and_says_where_the_data_is(tmp_path, capsys):
-    assert main(["demo", "--output-dir", str(tmp_path), "--seconds", "2", "--report-to", "jsonl"]) == 0
+    assert (
+        main(["demo", "--output-dir", str(tmp_path), "--seconds", "2", "--report-to", "jsonl"]) == 0
+    )
     out = capsys.readouterr().out
     runs = find_runs(tmp_path)
     assert len(runs) == 1
@@ -20,7 +22,9 @@ def test_demo_trains_and_says_where_the_data_is(tmp_path, capsys):
 
 
 def test_demo_with_no_tracker(tmp_path, capsys):
-    assert main(["demo", "--output-dir", str(tmp_path), "--seconds", "1", "--report-to", "none"]) == 0
+    assert (
+        main(["demo", "--output-dir", str(tmp_path), "--seconds", "1", "--report-to", "none"]) == 0
+    )
     assert "no tracker" in capsys.readouterr().out
     assert find_runs(tmp_path) == []
 

@@ -31,7 +31,9 @@ def _read(relative: str) -> str:
 
 @pytest.mark.parametrize("spec", HOOKSPECS, ids=lambda spec: spec.__name__)
 def test_every_hookspec_has_a_docstring(spec):
-    assert inspect.getdoc(spec), f"hookspec {spec.__name__} in trackmux/hookspecs.py has no docstring"
+    assert inspect.getdoc(spec), (
+        f"hookspec {spec.__name__} in trackmux/hookspecs.py has no docstring"
+    )
 
 
 def test_hook_reference_is_generated_from_the_hookspecs():
@@ -100,6 +102,8 @@ def test_callback_guide_lists_every_event():
 def test_callback_guide_lists_each_events_extra_kwargs():
     table = _event_table()
     for spec in EVENT_SPECS:
+        if spec.__name__ not in table:
+            continue  # reported by test_callback_guide_lists_every_event
         listed = set(re.findall(r"`(\w+)`", table[spec.__name__]))
         extra = set(_hookdocs.extra_arguments(spec))
         assert listed == extra, (

@@ -16,7 +16,7 @@ def make_distribution(root, name, entry_points: dict, modules: dict, requires=()
     """Write an installed-looking distribution (dist-info + modules) under ``root``."""
     dist_info = root / f"{name.replace('-', '_')}-1.0.dist-info"
     dist_info.mkdir(parents=True)
-    metadata = [f"Metadata-Version: 2.1", f"Name: {name}", "Version: 1.0"]
+    metadata = ["Metadata-Version: 2.1", f"Name: {name}", "Version: 1.0"]
     metadata += [f"Requires-Dist: {r}" for r in requires]
     (dist_info / "METADATA").write_text("\n".join(metadata) + "\n")
     lines = ["[trackmux]"] + [f"{ep} = {target}" for ep, target in entry_points.items()]
@@ -74,15 +74,16 @@ OLD_BACKEND = """
 def fake_plugins(tmp_path, monkeypatch):
     make_distribution(tmp_path, "trackmux-good", {"good": "tm_good"}, {"tm_good": GOOD_PLUGIN})
     make_distribution(
-        tmp_path, "trackmux-broken", {"broken": "tm_broken"}, {"tm_broken": "raise ImportError('nope')"}
+        tmp_path,
+        "trackmux-broken",
+        {"broken": "tm_broken"},
+        {"tm_broken": "raise ImportError('nope')"},
     )
     make_distribution(
         tmp_path, "trackmux-needy", {"needy": "tm_needy"}, {"tm_needy": NEEDS_MISSING_BACKEND}
     )
     make_distribution(tmp_path, "trackmux-picky", {"picky": "tm_picky"}, {"tm_picky": OLD_BACKEND})
-    make_distribution(
-        tmp_path, "trackmux-empty", {"empty": "tm_empty"}, {"tm_empty": "x = 1\n"}
-    )
+    make_distribution(tmp_path, "trackmux-empty", {"empty": "tm_empty"}, {"tm_empty": "x = 1\n"})
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("TRACKMUX_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     monkeypatch.delenv("TRACKMUX_PLUGINS", raising=False)

@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from trackmux import Tracker, Trainer, TrainingArguments
-from trackmux.plugins import AVAILABLE, UNAVAILABLE, PluginInfo, PluginRegistry
+from trackmux.plugins import UNAVAILABLE, PluginInfo, PluginRegistry
 from trackmux.report_to import ReportToError, requested_names, resolve
 from trackmux.testing.toy import RegressionDataset, TinyRegressor
 from trackmux.trackers.jsonl import JsonlTracker
@@ -39,7 +39,13 @@ def registry():
     registry.add_tracker(Quiet)
     registry.add_tracker(NeedsWorkspace)
     registry.plugins["missing"] = PluginInfo(
-        "missing", "trackmux-missing", "1.0", UNAVAILABLE, Quiet, "backend missing: x", "pip install x"
+        "missing",
+        "trackmux-missing",
+        "1.0",
+        UNAVAILABLE,
+        Quiet,
+        "backend missing: x",
+        "pip install x",
     )
     return registry
 
@@ -83,7 +89,9 @@ def test_misspelt_known_plugin_gets_did_you_mean(registry):
 
 
 def test_installed_but_unavailable_fails_with_reason(registry):
-    with pytest.raises(ReportToError, match="installed but cannot run: backend missing: x; fix: pip install x"):
+    with pytest.raises(
+        ReportToError, match="installed but cannot run: backend missing: x; fix: pip install x"
+    ):
         resolve(["missing"], registry)
 
 
@@ -130,7 +138,9 @@ def test_default_all_writes_the_jsonl_log(tmp_path):
 def test_one_summary_line_when_training_starts(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="trackmux")
     _trainer(tmp_path, report_to="all").train()
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trackmux: reporting")]
+    lines = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("trackmux: reporting")
+    ]
     assert len(lines) == 1
     assert lines[0].startswith("trackmux: reporting to jsonl")
     assert "not installed: pip install trackmux-<name>" in lines[0]

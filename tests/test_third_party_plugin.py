@@ -297,6 +297,8 @@ def test_tutorial_shows_the_example_files_verbatim():
             covered.update(range(first, first + body.count("\n")))
         # every line of the file appears somewhere on the page
         missing = [
-            line for number, line in enumerate(text.splitlines()) if line.strip() and number not in covered
+            line
+            for number, line in enumerate(text.splitlines())
+            if line.strip() and number not in covered
         ]
         assert not missing, f"{title}: lines the tutorial does not show: {missing}"

@@ -10,8 +10,15 @@ import time
 import pytest
 import torch
 
-from trackmux import Tracker, TrackerError, Trainer, TrainerCallback, TrainingArguments, hookimpl
-from trackmux import delivery
+from trackmux import (
+    Tracker,
+    TrackerError,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    delivery,
+    hookimpl,
+)
 from trackmux.testing.toy import RegressionDataset, TinyRegressor
 from trackmux.values import MetricFilter, flatten, redact
 
@@ -141,9 +148,10 @@ def test_a_failing_tracker_is_reported_once_then_disabled(tmp_path, caplog, monk
     assert "'failing'" in reports[0].getMessage()
     assert "ConnectionError: backend down" in reports[0].getMessage()  # the traceback
     assert any("is disabled" in r.getMessage() for r in errors)
-    # the healthy tracker saw everything; the failing one was not called after disabling
+    # the healthy tracker saw everything; the failing one was not called after disabling,
+    # except for one try at closing its run
     assert len(healthy.of("metrics")) == 6
-    assert failing.of("finish") == []
+    assert failing.of("finish") == [("finish", "success")]
 
 
 def test_strict_mode_raises_the_tracker_error(tmp_path):
@@ -275,7 +283,18 @@ def test_one_artifact_policy_for_every_tracker(tmp_path, policy, expected):
     assert [(kind, step) for _, kind, step, _ in artifacts] == expected
     for _, kind, _, path in artifacts:
         assert (tmp_path / "out").as_posix() in path
-        assert (path and __import__("os").path.isfile(f"{path}/model.safetensors"))
+        assert path and __import__("os").path.isfile(f"{path}/model.safetensors")
+
+
+def test_a_bad_artifact_setting_fails_before_the_first_step(tmp_path, monkeypatch):
+    class WithEnv(Recorder):
+        artifacts_env = "HF_RECORDER_LOG_ARTIFACTS"
+
+    monkeypatch.setenv("HF_RECORDER_LOG_ARTIFACTS", "maybe")
+    trainer = make_trainer(tmp_path, [WithEnv()])
+    with pytest.raises(ValueError, match="HF_RECORDER_LOG_ARTIFACTS='maybe'"):
+        trainer.train()
+    assert trainer.state.global_step == 0
 
 
 def test_plugin_setting_overrides_the_artifact_policy(monkeypatch):
@@ -336,7 +355,12 @@ def test_params_are_flattened_and_secrets_redacted():
     clean = redact(
         {"hub_token": "abc", "wandb_api_key": "k", "uri": "https://bob:pw@host/x", "lr": 1}
     )
-    assert clean == {"hub_token": "***", "wandb_api_key": "***", "uri": "https://bob:***@host/x", "lr": 1}
+    assert clean == {
+        "hub_token": "***",
+        "wandb_api_key": "***",
+        "uri": "https://bob:***@host/x",
+        "lr": 1,
+    }
 
 
 def test_backend_limits_are_applied_with_a_warning(tmp_path, caplog):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from helpers_trainer import make_trainer, scripted_metric
 from safetensors.torch import load_file
 
+from helpers_trainer import make_trainer, scripted_metric
 from trackmux import TrainerState
 from trackmux.trainer_state import STATE_FILE_NAME
 
@@ -31,7 +31,7 @@ def test_checkpoint_holds_everything_a_resume_needs(tmp_path):
     trainer.train()
     assert checkpoint_names(tmp_path) == ["checkpoint-2", "checkpoint-4"]
     last = tmp_path / "checkpoint-4"
-    assert CHECKPOINT_FILES <= {p.name for p in last.iterdir()}
+    assert {p.name for p in last.iterdir()} >= CHECKPOINT_FILES
 
     weights = load_file(str(last / "model.safetensors"))
     for name, tensor in trainer.model.state_dict().items():

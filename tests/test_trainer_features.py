@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from helpers_trainer import Recorder, losses_by_step, make_args, make_trainer
 from torch import nn
 
+from helpers_trainer import Recorder, losses_by_step, make_args, make_trainer
 from trackmux import EvalPrediction, Trainer, set_seed
+from trackmux.runlog import read_run
 from trackmux.testing.toy import RegressionDataset, TinyRegressor
 from trackmux.training_args import SCHEDULER_TYPES
 
@@ -109,7 +110,10 @@ def test_custom_data_collator(tmp_path):
 
     def collate(batch):
         sizes.append(len(batch))
-        return {"x": torch.stack([x for x, _ in batch]), "labels": torch.stack([y for _, y in batch])}
+        return {
+            "x": torch.stack([x for x, _ in batch]),
+            "labels": torch.stack([y for _, y in batch]),
+        }
 
     trainer = Trainer(
         TinyRegressor(),
@@ -453,3 +457,16 @@ def test_train_loss_is_the_mean_step_loss_whatever_the_logging(tmp_path, logging
     output = other.train()
     assert output.training_loss == pytest.approx(every_output.training_loss, rel=1e-6)
     assert other.state.log_history[-1]["train_loss"] == output.training_loss
+
+
+def test_evaluating_a_dict_of_datasets_is_one_tracker_session(tmp_path):
+    trainer = Trainer(
+        TinyRegressor(),
+        make_args(tmp_path, report_to=["jsonl"], run_name="named"),
+        eval_dataset={"near": RegressionDataset(8, seed=1), "far": RegressionDataset(4)},
+    )
+    metrics = trainer.evaluate()
+    run = read_run(tmp_path / "runs" / "named")
+    assert run.sessions == 1 and run.statuses == ["success"]
+    assert run.last("eval/near_loss") == metrics["eval_near_loss"]
+    assert run.last("eval/far_loss") == metrics["eval_far_loss"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_trainer import RaiseAt, losses_by_step, make_args
 
+from helpers_trainer import RaiseAt, losses_by_step, make_args
 from trackmux import Trainer, set_seed
 from trackmux.testing.toy import RegressionDataset, TinyRegressor
 

@@ -64,19 +64,17 @@ def _inline(text: str) -> str:
 
 
 def _indented_block(lines: list[str], start: int) -> tuple[list[str], int]:
-    """The indented lines from ``start`` on (inner blank lines kept) and the index after
-    them; blank lines before the block are skipped, blank lines after it are not consumed."""
-    index = start
-    while index < len(lines) and not lines[index].strip():
-        index += 1
-    block: list[str] = []
-    end = start
-    while index < len(lines) and (not lines[index].strip() or lines[index].startswith(" ")):
-        block.append(lines[index])
-        index += 1
-        if lines[index - 1].strip():
-            end = index
-    return block[: len(block) - (index - end)] if block else [], end
+    """The indented lines from ``start`` on (blank lines inside kept, before it skipped) and
+    the index after them; a blank line after the block is left to the caller."""
+    begin = start
+    while begin < len(lines) and not lines[begin].strip():
+        begin += 1
+    end = begin
+    while end < len(lines) and (not lines[end].strip() or lines[end].startswith(" ")):
+        end += 1
+    while end > begin and not lines[end - 1].strip():
+        end -= 1
+    return lines[begin:end], end
 
 
 def to_markdown(docstring: str) -> str:
@@ -112,12 +110,12 @@ def _section(function) -> str:
     docstring = inspect.getdoc(function)
     if not docstring:
         raise ValueError(f"hookspec {function.__name__} has no docstring")
-    extra = extra_arguments(function) if is_training_event(function) else ()
-    receives = (
-        "the common arguments" + "".join(f", `{name}`" for name in extra)
-        if is_training_event(function)
-        else ", ".join(f"`{name}`" for name in arguments(function))
-    )
+    if is_training_event(function):
+        receives = "the common arguments" + "".join(
+            f", `{name}`" for name in extra_arguments(function)
+        )
+    else:
+        receives = ", ".join(f"`{name}`" for name in arguments(function))
     return "\n".join(
         [
             f"### {function.__name__}",

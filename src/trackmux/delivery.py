@@ -54,6 +54,8 @@ class TrackerWorker:
         self.reported = False
         self.error: BaseException | None = None
         self.identity: dict | None = None
+        self.started = False
+        self._abandoned = False
         self.stalls = 0
         self.stalled_seconds = 0.0
         self._queue: queue.Queue | None = None
@@ -73,7 +75,7 @@ class TrackerWorker:
 
     def submit(self, method: str, *arguments) -> None:
         self.raise_if_failed()
-        if self.disabled:
+        if self.disabled and not self._closes_anyway(method):
             return
         if self._queue is None:
             self._call(method, arguments)
@@ -105,16 +107,23 @@ class TrackerWorker:
                     continue
         self.stalled_seconds += time.monotonic() - began
 
-    def flush(self, timeout: float) -> bool:
-        """Wait until everything submitted so far was delivered (at most ``timeout`` s)."""
+    def request_flush(self) -> _Flush | None:
+        """Ask the tracker to flush after what was submitted so far, without waiting."""
         if self.disabled:
-            return True
+            return None
         if self._queue is None:
             self._call("flush", ())
             self.raise_if_failed()
-            return True
+            return None
         marker = _Flush()
         self.submit("flush", marker)
+        return marker
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything submitted so far was delivered (at most ``timeout`` s)."""
+        marker = self.request_flush()
+        if marker is None:
+            return True
         done = marker.done.wait(timeout)
         if not done:
             logger.warning(
@@ -145,6 +154,12 @@ class TrackerWorker:
                 self.pending,
             )
             self.disabled = True
+            self._abandoned = True
+
+    def _closes_anyway(self, method: str) -> bool:
+        # a tracker disabled after repeated failures still gets one try at closing its run,
+        # so the backend does not show it "running" forever
+        return method == "finish" and self.started and not self._abandoned
 
     def raise_if_failed(self) -> None:
         if self.strict and self.error is not None:
@@ -163,7 +178,7 @@ class TrackerWorker:
                 if not self.disabled:
                     self._call("flush", ())
                 arguments[0].done.set()
-            elif not self.disabled:
+            elif not self.disabled or self._closes_anyway(method):
                 self._call(method, arguments)
 
     def _call(self, method: str, arguments) -> None:
@@ -174,6 +189,7 @@ class TrackerWorker:
             return
         self.failures = 0
         if method == "start":
+            self.started = True
             self.identity = result if isinstance(result, dict) else None
 
     def _failed(self, method: str, error: Exception) -> None:

@@ -30,6 +30,7 @@ def _estimated_steps(model, dataset, seconds: float, batch_size: int) -> int:
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = {"x": dataset.x[:batch_size], "labels": dataset.y[:batch_size]}
+
     def step():
         model(**batch)["loss"].backward()
         optimizer.step()

@@ -40,6 +40,7 @@ class TrackerHub:
         self._identities: dict[str, dict] = {}
         self._depth = 0
         self._final_model: str | None = None
+        self._policies: dict[str, str] = {}
 
     @classmethod
     def for_trainer(cls, trainer) -> TrackerHub:
@@ -61,10 +62,22 @@ class TrackerHub:
             settings = config.pop(info.name, None) or {}
             if main or info.tracker_class.all_ranks:
                 trackers.append(info.tracker_class(**settings))
+        explicit_names = {t.name for t in explicit}
         for name in config:
-            logger.warning(
-                "tracker_config has settings for %r, which is not among the chosen trackers", name
-            )
+            if name in explicit_names:
+                logger.warning(
+                    "tracker_config[%r] is ignored: the %r tracker passed in trackers=[...] "
+                    "takes its settings from its constructor",
+                    name,
+                    name,
+                )
+            else:
+                logger.warning(
+                    "tracker_config has settings for %r, which is not among the chosen "
+                    "trackers (report_to=%r)",
+                    name,
+                    args.report_to,
+                )
         trackers += [t for t in explicit if main or t.all_ranks]
         # the local run log goes first: it is written before any other tracker sees a record
         trackers.sort(key=lambda tracker: tracker.name != "jsonl")
@@ -118,6 +131,8 @@ class TrackerHub:
         if not state.run_name:
             state.run_name = args.run_name or _generated_run_name()
         config = self._config()
+        # a bad artifact setting fails here, before the first step, not at the first save
+        self._policies = {tracker.name: self._resolve_policy(tracker) for tracker in self.trackers}
         self.workers = []
         for tracker in self.trackers:
             worker = TrackerWorker(
@@ -154,6 +169,7 @@ class TrackerHub:
             self._final_artifacts()
         self._remember_identities()
         for worker in self.workers:
+            worker.request_flush()
             worker.submit("finish", status)
         deadline = time.monotonic() + self.trainer.args.tracker_close_timeout
         for worker in self.workers:
@@ -183,10 +199,13 @@ class TrackerHub:
 
     # -- artifacts -------------------------------------------------------------------------
 
-    def _policy(self, tracker: Tracker) -> str:
+    def _resolve_policy(self, tracker: Tracker) -> str:
         if not tracker.stores_artifacts():
             return "none"
         return tracker.artifact_policy(self.trainer.args.tracker_artifacts)
+
+    def _policy(self, tracker: Tracker) -> str:
+        return self._policies.get(tracker.name, "none")
 
     def _final_artifacts(self) -> None:
         state, args = self.trainer.state, self.trainer.args

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from .plugins import PluginRegistry
+from .plugins import PluginRegistry, autoload_disabled
 
 #: the names users know from Hugging Face, each a ``trackmux-<name>`` distribution
 KNOWN_TRACKERS = (
@@ -95,7 +95,11 @@ def resolve(report_to, registry: PluginRegistry, explicit_names=()) -> Selection
                 continue
             selection.chosen.append(info)
         missing = [n for n in KNOWN_TRACKERS if n not in registry.plugins]
-        if missing:
+        if autoload_disabled():
+            selection.skipped.append(
+                ("plugins", "not loaded: TRACKMUX_DISABLE_PLUGIN_AUTOLOAD is set")
+            )
+        elif missing:
             selection.skipped.append(
                 (", ".join(missing), "not installed: pip install trackmux-<name>")
             )
@@ -125,6 +129,11 @@ def _unknown_name_message(name: str, registry: PluginRegistry) -> str:
         if not close
         else ""
     )
+    if autoload_disabled():
+        install += (
+            " Plugins were not loaded because TRACKMUX_DISABLE_PLUGIN_AUTOLOAD is set; pass "
+            "tracker objects with Trainer(trackers=[...]) or unset it."
+        )
     return (
         f"report_to names {name!r}, which is not an installed tracker.{hint}{install} "
         f"Installed: {', '.join(installed) or 'none'}. Known plugins: "

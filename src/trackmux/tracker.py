@@ -167,7 +167,8 @@ class Tracker:
         when the artifact policy asks for it and the tracker overrides this method."""
 
     def flush(self) -> None:
-        """Make what was logged durable (called at every save and before finishing)."""
+        """Make what was logged durable: called at every save and right before
+        :meth:`finish`."""
 
     def finish(self, status: str) -> None:
         """Close the run: ``status`` is "success", "failed" or "killed"."""

@@ -697,8 +697,9 @@ class Trainer:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if isinstance(dataset, dict):  # one evaluation per named dataset, as in Hugging Face
             metrics = {}
-            for name, part in dataset.items():
-                metrics.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
+            with self.trackers.session("evaluate"):  # one tracker session for them all
+                for name, part in dataset.items():
+                    metrics.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
         with self.trackers.session("evaluate"):
             dataloader = self.get_eval_dataloader(dataset)

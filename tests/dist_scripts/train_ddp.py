@@ -82,8 +82,9 @@ def main(outdir: str) -> None:
         "seen": train_dataset.seen,
         "parameters": torch.cat([p.detach().flatten() for p in model.parameters()]).tolist(),
         "full_eval_loss": local["loss"].item(),
-        "predictions": prediction.predictions.tolist(),
-        "local_predictions": local["logits"].tolist(),
+        "prediction_shape": list(prediction.predictions.shape),
+        "predictions": prediction.predictions.flatten().tolist(),
+        "local_predictions": local["logits"].flatten().tolist(),
         "test_loss": prediction.metrics["test_loss"],
     }
     with open(os.path.join(outdir, f"rank{rank}.json"), "w", encoding="utf-8") as handle:

@@ -8,6 +8,7 @@ its ``pytest11`` entry point.
 import json
 
 from trackmux.testing import RunData, TrackerConformance
+
 from trackmux_csvlog import CsvLogTracker, read_metrics
 
 
@@ -37,7 +38,9 @@ def test_report_to_by_name_writes_under_output_dir(trackmux_train, trackmux_env)
     lines = (run_dir / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "step,name,value"
     data = read_run(run_dir)
-    logged = [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+    logged = [
+        (entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry
+    ]
     assert data.metrics["train/loss"] == logged
     assert [step for step, _ in data.metrics["eval/loss"]] == [4, 8]
     assert data.params["learning_rate"] == 0.01

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-
 #: variables through which a developer's shell would steer a backend during tests
 BACKEND_ENV_VARS = (
     "TRACKMUX_PLUGINS",

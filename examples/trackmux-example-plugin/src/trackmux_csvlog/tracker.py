@@ -49,6 +49,10 @@ class CsvLogTracker(Tracker):
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, METRICS_FILE)
         fresh = not os.path.exists(path) or os.path.getsize(path) == 0
+        if run.resume and run.kind == "train" and not fresh:
+            # the interrupted attempt may have logged steps after the checkpoint this training
+            # resumes from: drop them, they are about to be logged again
+            _drop_rows_after(path, run.step)
         # append mode: a resumed run adds its rows after those already there
         self._file = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         self._writer = csv.writer(self._file)
@@ -102,6 +106,17 @@ def _replace(path, text):
     with open(temporary, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(temporary, path)
+
+
+def _drop_rows_after(path, step):
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0], *(row for row in rows[1:] if int(row[0]) <= step)]
+    if len(kept) < len(rows):
+        temporary = path + ".tmp"
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(kept)
+        os.replace(temporary, path)
 
 
 def read_metrics(run_dir) -> dict[str, list[tuple[int, float]]]:

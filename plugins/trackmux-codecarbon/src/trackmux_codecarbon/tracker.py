@@ -28,11 +28,12 @@ logger = logging.getLogger("trackmux.codecarbon")
 #: device) and seconds; the names are codecarbon's own emissions.csv columns
 FIGURES = ("emissions", "energy_consumed", "cpu_energy", "gpu_energy", "ram_energy", "duration")
 PREFIX = "codecarbon/"
+WHY = "; codecarbon logs the reason as a warning (set its log_level to warning to see it)"
 
 
 class CodeCarbonTracker(Tracker):
     name = "codecarbon"
-    requires = ("codecarbon>=2.3",)
+    requires = ("codecarbon>=2.8.4",)
     pip_name = "trackmux-codecarbon"
     # Like Hugging Face's CodeCarbonCallback, one measurement per machine: power and energy
     # are read for the whole node (or for this process), so the local main process of every
@@ -115,25 +116,27 @@ class CodeCarbonTracker(Tracker):
             pass  # codecarbon itself reports a log level it does not know
 
         codecarbon = OfflineEmissionsTracker(**options)
-        # codecarbon swallows its own errors (logging them): a tracker it could not set up
-        # has no run_id
+        # codecarbon swallows its own errors, logging them as warnings: a tracker it could not
+        # set up has no run_id
         if getattr(codecarbon, "run_id", None) is None:
+            # the names only: settings may hold an API key
             raise RuntimeError(
-                f"codecarbon could not set up OfflineEmissionsTracker({options!r}); its log "
-                "above says why"
+                f"codecarbon could not set up an OfflineEmissionsTracker with settings "
+                f"{sorted(options)}{WHY}"
             )
         resume = run.resume or {}
         previous = list(resume.get("run_ids", []))
         self._offset = (
-            _totals(resume.get("emissions_file", self.emissions_file), previous)
-            if previous
-            else {}
+            _totals(resume.get("emissions_file", self.emissions_file), previous) if previous else {}
         )
         codecarbon.start()
         with self._lock:
             self._codecarbon = codecarbon
             self.figures = None
-        return {"run_ids": [*previous, str(codecarbon.run_id)], "emissions_file": self.emissions_file}
+        return {
+            "run_ids": [*previous, str(codecarbon.run_id)],
+            "emissions_file": self.emissions_file,
+        }
 
     def log_metrics(self, metrics, step, epoch=None):
         """CodeCarbon has nowhere to store metrics: its own figures are all it records."""
@@ -141,7 +144,7 @@ class CodeCarbonTracker(Tracker):
     def flush(self):
         with self._lock:
             if self._codecarbon is not None and self._codecarbon.flush() is None:
-                raise RuntimeError("codecarbon could not write its emissions row; see its log")
+                raise RuntimeError(f"codecarbon could not write its emissions row{WHY}")
 
     def finish(self, status):
         # Training that completed was stopped at its summary (on_log below); after a failure
@@ -155,16 +158,15 @@ class CodeCarbonTracker(Tracker):
         """Stop measuring at the train summary and add the final figures to it.
 
         The summary is the last ``on_log`` of a completed ``train()``: the loop is over, so
-        stopping here costs training nothing, and the same logs dict then reaches the hub,
-        which sends it to every tracker. ``tryfirst`` puts this before every other hook, so
-        callbacks (the printer among them) and all trackers see the figures.
+        stopping here costs training nothing. Hooks share one logs dict, and ``tryfirst``
+        runs this ahead of the hub's plain ``on_log``, which then sends the figures to every
+        tracker. Callbacks (also tryfirst, and registered later) have already run: they do
+        not see them.
         """
         if "train_runtime" not in logs:
             return
         with self._ready:  # start() runs on the worker and may still be under way
-            self._ready.wait_for(
-                lambda: self._started is self.run_info, args.tracker_close_timeout
-            )
+            self._ready.wait_for(lambda: self._started is self.run_info, args.tracker_close_timeout)
         figures = self._stop()
         if figures:
             logs.update({PREFIX + name: value for name, value in figures.items()})
@@ -177,7 +179,7 @@ class CodeCarbonTracker(Tracker):
             codecarbon.stop()
             data = getattr(codecarbon, "final_emissions_data", None)
             if data is None:
-                raise RuntimeError("codecarbon could not measure this run; see its log")
+                raise RuntimeError(f"codecarbon could not measure this run{WHY}")
             self.figures = {
                 name: self._offset.get(name, 0.0) + float(getattr(data, name)) for name in FIGURES
             }
