@@ -9,6 +9,7 @@ and, when an artifact policy asks for it, copies of checkpoints under ``artifact
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -103,7 +104,7 @@ class CsvLogTracker(Tracker):
 def _replace(path, text):
     # write then rename, so a crash never leaves a half-written file behind
     temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with open(temporary, "w", newline="", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(temporary, path)
 
@@ -113,10 +114,9 @@ def _drop_rows_after(path, step):
         rows = list(csv.reader(handle))
     kept = [rows[0], *(row for row in rows[1:] if int(row[0]) <= step)]
     if len(kept) < len(rows):
-        temporary = path + ".tmp"
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows(kept)
-        os.replace(temporary, path)
+        text = io.StringIO()
+        csv.writer(text).writerows(kept)
+        _replace(path, text.getvalue())
 
 
 def read_metrics(run_dir) -> dict[str, list[tuple[int, float]]]:
