@@ -23,6 +23,7 @@ def read_run(run_dir, runs=1) -> RunData:
 
 class TestCsvLogConformance(TrackerConformance):
     tracker_class = CsvLogTracker
+    purges_after_resume = True
 
     def make_tracker(self, tmp_path):
         return CsvLogTracker(dir=str(tmp_path / "csv"))

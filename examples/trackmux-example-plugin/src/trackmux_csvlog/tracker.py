@@ -3,7 +3,9 @@
 ``<dir>/<run name>/`` holds ``metrics.csv`` (columns ``step,name,value``), ``params.json``
 (the run's flat config), ``status.txt`` ("running", then "success", "failed" or "killed")
 and, when an artifact policy asks for it, copies of checkpoints under ``artifacts/``.
-``<dir>`` is ``<output_dir>/csvlog`` unless the ``dir`` setting says otherwise.
+``<dir>`` is ``<output_dir>/csvlog`` unless the ``dir`` setting says otherwise. A training
+resumed from a checkpoint reopens its run and appends, after dropping the rows the
+interrupted attempt logged past that checkpoint.
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ def _replace(path, text):
 def _drop_rows_after(path, step):
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
-    kept = [rows[0], *(row for row in rows[1:] if int(row[0]) <= step)]
+    # a row cut short by a crash is dropped too: the next append would run into it
+    kept = [rows[0], *(row for row in rows[1:] if len(row) == 3 and int(row[0]) <= step)]
     if len(kept) < len(rows):
         text = io.StringIO()
         csv.writer(text).writerows(kept)
