@@ -22,8 +22,7 @@ from trackmux.plugins import PluginRegistry
 from trackmux.trackers.jsonl import JsonlTracker
 
 
-@pytest.mark.parametrize("model", list(TASKS))
-@pytest.mark.parametrize("logging_steps", [1, 3])
+@pytest.mark.parametrize(("model", "logging_steps"), [("tiny", 1), ("tiny", 3), ("medium", 2)])
 def test_plain_loop_does_the_trainers_math(tmp_path, model, logging_steps):
     # same batches, same updates, same schedule: otherwise the floor is not the same work
     window = Window(steps=6, warmup=2, logging_steps=logging_steps)
@@ -108,7 +107,7 @@ def test_run_writes_results(tmp_path, capsys):
         for interval in (1, 10)
         for name in ("plain", "trackmux-none", "slow-tracker")
     }
-    for (interval, name), row in rows.items():
+    for (_, name), row in rows.items():
         assert len(row["per_repeat_s"]) == 2 and len(row["cpu_per_repeat_s"]) == 2
         assert row["median_s"] > 0
         if name == "plain":

@@ -41,6 +41,7 @@ class TrackerHub:
         self._depth = 0
         self._final_model: str | None = None
         self._policies: dict[str, str] = {}
+        self._metric_names: dict[str, dict[str, str]] = {}
 
     @classmethod
     def for_trainer(cls, trainer) -> TrackerHub:
@@ -143,13 +144,22 @@ class TrackerHub:
                 name=state.run_name,
                 config=_prepare_config(tracker, config),
                 output_dir=args.output_dir,
-                resume=self._identities.get(tracker.name) or state.tracker_runs.get(tracker.name),
+                resume=self._resume_identity(tracker.name, kind),
                 kind=kind,
                 step=state.global_step,
                 args=args,
             )
             tracker.run_info = run
+            tracker._worker = worker
             worker.submit("start", run)
+
+    def _resume_identity(self, name: str, kind: str) -> dict | None:
+        """A training continues a run only when resumed from a checkpoint (the state holds
+        the identity); evaluate/predict reopen this Trainer's last run."""
+        saved = self.trainer.state.tracker_runs.get(name)
+        if kind == "train":
+            return saved
+        return self._identities.get(name) or saved
 
     def _config(self) -> dict:
         trainer = self.trainer
@@ -233,13 +243,13 @@ class TrackerHub:
         metrics = self.filter.numeric(logs)
         if not metrics:
             return
-        method = "log_summary" if "train_runtime" in logs else "log_metrics"
         step, epoch = state.global_step, logs.get("epoch")
+        if "train_runtime" in logs:
+            for worker in self.workers:
+                worker.submit("log_summary", self._names_for(worker.tracker, metrics), step)
+            return
         for worker in self.workers:
-            if method == "log_summary":
-                worker.submit(method, metrics, step)
-            else:
-                worker.submit(method, metrics, step, epoch)
+            worker.submit("log_metrics", self._names_for(worker.tracker, metrics), step, epoch)
 
     @hookimpl
     def on_predict(self, state, metrics):
@@ -247,7 +257,21 @@ class TrackerHub:
             return
         numeric = self.filter.numeric(metrics)
         for worker in self.workers:
-            worker.submit("log_metrics", numeric, state.global_step, state.epoch)
+            named = self._names_for(worker.tracker, numeric)
+            worker.submit("log_metrics", named, state.global_step, state.epoch)
+
+    def _names_for(self, tracker: Tracker, metrics: dict) -> dict:
+        """The metrics under the names the tracker's backend accepts (cached per name)."""
+        if type(tracker).sanitize_name is Tracker.sanitize_name and not tracker.max_name_length:
+            return metrics
+        names = self._metric_names.setdefault(tracker.name, {})
+        renamed = {}
+        for name, value in metrics.items():
+            clean = names.get(name)
+            if clean is None:
+                clean = names[name] = _limited_name(tracker, name)
+            renamed[clean] = value
+        return renamed
 
     @hookimpl
     def on_save(self, args, state):

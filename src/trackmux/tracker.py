@@ -68,8 +68,6 @@ class Tracker:
     requires: ClassVar[tuple[str, ...]] = ()
     #: top-level modules that must be importable (default: derived from ``requires``)
     backend_modules: ClassVar[tuple[str, ...]] = ()
-    #: the pip line that installs this plugin
-    pip_name: ClassVar[str | None] = None
     #: True to be created on every rank, not only the main process
     all_ranks: ClassVar[bool] = False
     #: True to be called inline on the loop thread (cheap local writers only)
@@ -85,6 +83,14 @@ class Tracker:
     def __init__(self, **settings):
         self.settings = settings
         self.run_info: RunInfo | None = None
+        self._worker = None
+
+    def defer(self, method: str, *arguments) -> None:
+        """Queue a call of one of this tracker's methods onto its worker, after what is
+        already queued. For hooks implemented directly (they run on the loop thread): measure
+        there, then ``self.defer("log_metrics", values, state.global_step)``."""
+        if self._worker is not None:
+            self._worker.submit(method, *arguments)
 
     # -- configuration -----------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from .trainer_utils import (
     set_seed,
     sorted_checkpoints,
 )
-from .training_args import TrainingArguments
+from .training_args import TRUTHY_ENV_VALUES, TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class Trainer:
         self.callback_handler = CallbackHandler([DefaultFlowCallback, *(callbacks or []), progress])
         self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.plugin_manager.add_hookspecs(hookspecs)
-        if os.environ.get("TRACKMUX_TRACE_HOOKS"):
+        if os.environ.get("TRACKMUX_TRACE_HOOKS", "").strip().lower() in TRUTHY_ENV_VALUES:
             self.plugin_manager.trace.root.setwriter(print)
             self.plugin_manager.enable_tracing()
         self._callback_plugin = None
@@ -721,7 +721,6 @@ class Trainer:
     def _prediction_loop(
         self, dataloader, prefix: str, ignore_keys, prediction_loss_only: bool
     ) -> PredictionOutput:
-        previous = self.eval_dataloader
         self.eval_dataloader = dataloader
         model = self.model
         model.eval()
@@ -736,12 +735,12 @@ class Trainer:
             loss, logits, labels = self.prediction_step(
                 model, inputs, prediction_loss_only, ignore_keys
             )
+            has_loss = has_loss or loss is not None
             # padding (repeated samples evening out the ranks' shards) counts in no loss
             if real_batches is None or batches < real_batches:
                 size = _batch_size(inputs)
                 if loss is not None:
                     loss_sum += loss.float() * size
-                    has_loss = True
                 samples += size
             batches += 1
             if logits is not None:
@@ -749,7 +748,6 @@ class Trainer:
             if labels is not None and not prediction_loss_only:
                 label_parts.append(labels.detach())
             self._event("on_prediction_step")
-        self.eval_dataloader = previous
         runtime = time.time() - start
         totals = self.distributed.mean(
             torch.stack([loss_sum, torch.tensor(float(samples), device=self.device)])

@@ -212,7 +212,7 @@ class CallbackHandler:
     def call_event(self, event, args, state, control, objects):
         for method in self._listeners[event]:
             result = method(args, state, control, **objects)
-            if result is not None:
+            if isinstance(result, TrainerControl):
                 control = result
         return control
 

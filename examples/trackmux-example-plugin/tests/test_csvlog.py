@@ -7,9 +7,17 @@ its ``pytest11`` entry point.
 
 import json
 
+import pytest
 from trackmux.testing import RunData, TrackerConformance
 
 from trackmux_csvlog import CsvLogTracker, read_metrics
+
+
+@pytest.fixture(autouse=True)
+def _without_csvlog_settings(monkeypatch):
+    # trackmux_env clears the variables trackmux knows of; these are ours to clear
+    for name in ("TRACKMUX_CSVLOG_DIR", "TRACKMUX_CSVLOG_ARTIFACTS"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def read_run(run_dir, runs=1) -> RunData:

@@ -24,8 +24,7 @@ import time
 import pytest
 
 from trackmux import Tracker, TrainerCallback
-from trackmux.testing import jsonl_log
-from trackmux.testing.conformance import HYPERPARAMETERS, TRAINING_DEFAULTS
+from trackmux.testing import StopAt, jsonl_log, run_training
 from trackmux_codecarbon.tracker import FIGURES, CodeCarbonTracker
 
 SETTINGS = {"country_iso_code": "FRA", "project_name": "trackmux-tests"}
@@ -73,45 +72,15 @@ class Recorder(Tracker):
         pass
 
 
-class RowsAtSave(TrainerCallback):
-    """How many rows emissions.csv holds when each checkpoint has been saved."""
+class RowsSeen(TrainerCallback):
+    """How many rows emissions.csv holds at the start of each step."""
 
     def __init__(self, path):
         self.path = path
         self.rows = []
 
-    def on_save(self, args, state, control, **kwargs):
-        self.rows.append((state.global_step, len(read_rows(self.path))))
-
-
-class StopAt(TrainerCallback):
-    """Raises ``error`` at the start of step ``step``."""
-
-    def __init__(self, step, error):
-        self.step, self.error = step, error
-
     def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step + 1 == self.step:
-            raise self.error
-
-
-def train(output_dir, *trackers, callbacks=(), resume=None, tracker_config=None, **overrides):
-    from trackmux import Trainer, TrainingArguments
-    from trackmux.testing import RegressionDataset, TinyRegressor
-
-    arguments = {**TRAINING_DEFAULTS, "output_dir": str(output_dir), **overrides}
-    trainer = Trainer(
-        model=TinyRegressor(),
-        args=TrainingArguments(**arguments),
-        train_dataset=RegressionDataset(32),
-        eval_dataset=RegressionDataset(16, seed=1),
-        callbacks=list(callbacks),
-        trackers=list(trackers),
-        tracker_config=tracker_config,
-        hyperparameters=HYPERPARAMETERS,
-    )
-    trainer.train(resume_from_checkpoint=resume)
-    return trainer
+        self.rows.append(len(read_rows(self.path)))
 
 
 def read_rows(path) -> list[dict]:
@@ -141,10 +110,10 @@ def codecarbon_timers() -> list[threading.Thread]:
 def test_rows_at_every_save_and_at_the_end(offline):
     tracker = CodeCarbonTracker(**SETTINGS)
     csv_path = offline / "out" / "codecarbon" / "emissions.csv"
-    saves = RowsAtSave(csv_path)
-    trainer = train(offline / "out", tracker, callbacks=[saves])
+    seen = RowsSeen(csv_path)
+    trainer = run_training(offline / "out", tracker, callbacks=[seen])
 
-    assert saves.rows == [(4, 1), (8, 2)]  # a row per checkpoint save...
+    assert seen.rows == [0, 0, 0, 0, 1, 1, 1, 1]  # a row per checkpoint (steps 4 and 8)...
     rows = read_rows(csv_path)
     assert len(rows) == 3  # ...and the last one when training ended
     identity = trainer.state.tracker_runs["codecarbon"]
@@ -160,39 +129,35 @@ def test_rows_at_every_save_and_at_the_end(offline):
     assert codecarbon_timers() == []
 
 
+def test_registered_through_its_entry_point():
+    from trackmux.plugins import get_registry
+
+    info = get_registry(refresh=True).get("codecarbon")
+    assert info.available, info.reason
+    assert info.distribution == "trackmux-codecarbon"
+    assert info.tracker_class is CodeCarbonTracker
+    assert info.mode() == "offline"
+
+
 def test_final_figures_reach_every_other_tracker(offline):
     recorder = Recorder()
-    train(offline / "out", CodeCarbonTracker(**SETTINGS), recorder)
+    trainer = run_training(
+        offline / "out",
+        recorder,
+        report_to=["jsonl", "codecarbon"],
+        trainer_kwargs={"tracker_config": {"codecarbon": SETTINGS}},
+    )
+    assert [t.name for t in trainer.trackers.trackers] == ["jsonl", "codecarbon", "recorder"]
 
     last = read_rows(offline / "out" / "codecarbon" / "emissions.csv")[-1]
     expected = figures_of(last)
+    assert expected["codecarbon/duration"] > 0 and expected["codecarbon/emissions"] > 0
     summary = jsonl_log(offline / "out").summary
     assert {k: v for k, v in summary.items() if k.startswith("codecarbon/")} == expected
     assert "train/train_runtime" in summary
     [(step, sent)] = recorder.summaries
     assert step == 8
     assert {k: v for k, v in sent.items() if k.startswith("codecarbon/")} == expected
-    assert expected["codecarbon/duration"] > 0 and expected["codecarbon/emissions"] > 0
-
-
-def test_report_to_by_name_through_the_entry_point(offline):
-    from trackmux.plugins import get_registry
-
-    info = get_registry(refresh=True).get("codecarbon")
-    assert info.available, info.reason
-    assert info.distribution == "trackmux-codecarbon"
-    assert info.mode() == "offline"
-    trainer = train(
-        offline / "out",
-        report_to=["jsonl", "codecarbon"],
-        tracker_config={"codecarbon": SETTINGS},
-    )
-    assert [t.name for t in trainer.trackers.trackers] == ["jsonl", "codecarbon"]
-    rows = read_rows(offline / "out" / "codecarbon" / "emissions.csv")
-    assert len(rows) == 3
-    assert jsonl_log(offline / "out").summary["codecarbon/emissions"] == float(
-        rows[-1]["emissions"]
-    )
 
 
 def test_codecarbon_configuration_is_honoured_and_settings_win(offline, monkeypatch):
@@ -200,19 +165,21 @@ def test_codecarbon_configuration_is_honoured_and_settings_win(offline, monkeypa
     monkeypatch.setenv("CODECARBON_PROJECT_NAME", "from-env")
     monkeypatch.setenv("CODECARBON_OUTPUT_DIR", str(offline / "cc-env"))
     (offline / "cc-env").mkdir()
-    train(offline / "out", CodeCarbonTracker())
+    run_training(offline / "out", CodeCarbonTracker())
     rows = read_rows(offline / "cc-env" / "emissions.csv")
     assert {(r["country_iso_code"], r["project_name"]) for r in rows} == {("CAN", "from-env")}
     assert not (offline / "out" / "codecarbon").exists()
 
-    train(offline / "out2", CodeCarbonTracker(project_name="from-setting", output_dir="cc-set"))
+    run_training(
+        offline / "out2", CodeCarbonTracker(project_name="from-setting", output_dir="cc-set")
+    )
     rows = read_rows(offline / "cc-set" / "emissions.csv")
     assert {(r["country_iso_code"], r["project_name"]) for r in rows} == {("CAN", "from-setting")}
 
 
 def test_without_a_country_it_warns_and_uses_the_world_average(offline, caplog):
     with caplog.at_level(logging.WARNING, logger="trackmux.codecarbon"):
-        train(offline / "out", CodeCarbonTracker())
+        run_training(offline / "out", CodeCarbonTracker())
     assert "no country set" in caplog.text
     rows = read_rows(offline / "out" / "codecarbon" / "emissions.csv")
     assert float(rows[-1]["emissions"]) > 0
@@ -222,7 +189,7 @@ def test_a_codecarbon_that_cannot_start_is_reported_and_training_goes_on(offline
     # codecarbon swallows its own set-up errors: the tracker must not stay silent about it
     tracker = CodeCarbonTracker(tracking_mode="bogus", api_key="secret-key")
     with caplog.at_level(logging.ERROR, logger="trackmux"):
-        train(offline / "out", tracker, tracker_strict=False)
+        run_training(offline / "out", tracker, tracker_strict=False)
     assert "could not set up an OfflineEmissionsTracker" in caplog.text
     assert "secret-key" not in caplog.text
     log = jsonl_log(offline / "out")
@@ -251,7 +218,7 @@ def test_evaluate_alone_is_not_measured(offline):
 def test_stopped_when_training_ends_early(offline, error, status):
     tracker = CodeCarbonTracker(**SETTINGS)
     with pytest.raises(type(error)):
-        train(offline / "out", tracker, callbacks=[StopAt(5, error)])
+        run_training(offline / "out", tracker, callbacks=[StopAt(5, error)])
     rows = read_rows(offline / "out" / "codecarbon" / "emissions.csv")
     assert len(rows) == 2  # the save at step 4, then stop() when the run closed
     assert float(rows[1]["duration"]) > float(rows[0]["duration"]) > 0
@@ -265,13 +232,13 @@ def test_stopped_when_training_ends_early(offline, error, status):
 def test_resume_appends_a_run_and_reports_the_total(offline):
     csv_path = offline / "out" / "codecarbon" / "emissions.csv"
     with pytest.raises(KeyboardInterrupt):
-        train(
+        run_training(
             offline / "out",
             CodeCarbonTracker(**SETTINGS),
             callbacks=[StopAt(6, KeyboardInterrupt())],
         )
     first = read_rows(csv_path)
-    trainer = train(offline / "out", CodeCarbonTracker(**SETTINGS), resume=True)
+    trainer = run_training(offline / "out", CodeCarbonTracker(**SETTINGS), resume=True)
 
     rows = read_rows(csv_path)
     assert rows[: len(first)] == first  # appended to the same file
@@ -294,7 +261,7 @@ def test_nothing_on_other_processes_of_a_node(offline, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     tracker = CodeCarbonTracker(**SETTINGS)
-    trainer = train(offline / "out", tracker, report_to="none")
+    trainer = run_training(offline / "out", tracker, report_to="none")
     assert trainer.trackers.trackers == [tracker]  # created on every rank, by design
     assert tracker.emissions_file is None and tracker.figures is None
     assert not (offline / "out" / "codecarbon").exists()
@@ -305,7 +272,7 @@ def test_main_process_of_another_node_writes_its_own_file(offline, monkeypatch):
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
     tracker = CodeCarbonTracker(**SETTINGS)
-    train(offline / "out", tracker, report_to="none")
+    run_training(offline / "out", tracker, report_to="none")
     directory = offline / "out" / "codecarbon"
     assert sorted(os.listdir(directory)) == ["emissions-rank2.csv"]
     assert len(read_rows(directory / "emissions-rank2.csv")) == 3
@@ -317,11 +284,10 @@ def test_torchrun_two_processes_measure_once(offline):
     script.write_text(
         textwrap.dedent(
             f"""
-            import json, os, sys
-            sys.path.insert(0, {os.path.dirname(__file__)!r})
-            from test_codecarbon import SETTINGS, train
-            trainer = train("out", report_to=["jsonl", "codecarbon"],
-                            tracker_config={{"codecarbon": SETTINGS}})
+            import json, os
+            from trackmux.testing import run_training
+            trainer = run_training("out", report_to=["jsonl", "codecarbon"],
+                                   trainer_kwargs={{"tracker_config": {{"codecarbon": {SETTINGS!r}}}}})
             [tracker] = [t for t in trainer.trackers.trackers if t.name == "codecarbon"]
             with open(f"rank{{os.environ['RANK']}}.json", "w") as handle:
                 json.dump({{"file": tracker.emissions_file, "figures": tracker.figures}}, handle)

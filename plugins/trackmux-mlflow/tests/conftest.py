@@ -33,8 +33,9 @@ def _healthy(url: str) -> bool:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    # the server forks workers: signal the whole group it leads
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+    # the server forks workers: signal the whole group it leads. A graceful stop waits for
+    # the test process's keep-alive connections, so it only gets a few seconds
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:

@@ -27,7 +27,6 @@ HEADER = ("step", "name", "value")
 
 class CsvLogTracker(Tracker):
     name = "csvlog"
-    pip_name = "trackmux-csvlog"
     # The backend is the standard library, so there is nothing to require. A plugin for a
     # real backend names it here and trackmux checks it without importing it, e.g.
     # requires = ("tabulate>=0.9",)
@@ -78,9 +77,9 @@ class CsvLogTracker(Tracker):
             os.fsync(self._file.fileno())
 
     def finish(self, status):
+        # trackmux has called flush() right before this
         if self._file is None:
             return
-        self.flush()
         self._file.close()
         self._file = self._writer = None
         self._write_status(status)

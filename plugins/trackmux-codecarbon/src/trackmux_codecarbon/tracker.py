@@ -46,7 +46,7 @@ class CodeCarbonTracker(Tracker):
         self.figures: dict[str, float] | None = None
         self._codecarbon = None
         self._offset: dict[str, float] = {}
-        self._lock = threading.Lock()  # the loop thread stops it, the worker flushes it
+        self._lock = threading.Lock()  # the worker starts and finishes, hooks flush and stop
         self._ready = threading.Condition()
         self._started: RunInfo | None = None
 
@@ -84,6 +84,9 @@ class CodeCarbonTracker(Tracker):
             "output_dir": os.path.join(run.output_dir, "codecarbon"),
             "log_level": "error",
             "experiment_name": run.name,
+            # codecarbon 3's default; codecarbon 2's lock file would outlive a tracker whose
+            # set-up failed and keep every later tracker of the process from measuring
+            "allow_multiple_runs": True,
         }
         if rank != 0:  # the main process of another node: its own file, even on a shared disk
             defaults["output_file"] = f"emissions-rank{rank}.csv"
@@ -141,17 +144,23 @@ class CodeCarbonTracker(Tracker):
     def log_metrics(self, metrics, step, epoch=None):
         """CodeCarbon has nowhere to store metrics: its own figures are all it records."""
 
-    def flush(self):
-        with self._lock:
-            if self._codecarbon is not None and self._codecarbon.flush() is None:
-                raise RuntimeError(f"codecarbon could not write its emissions row{WHY}")
-
     def finish(self, status):
         # Training that completed was stopped at its summary (on_log below); after a failure
         # or an interrupt this stops it, so no measurement thread outlives the run.
         self._stop()
 
-    # -- fan-out to the other trackers (loop thread) -------------------------------------
+    # -- hooks (loop thread) ---------------------------------------------------------------
+
+    @hookimpl
+    def on_save(self):
+        """A row of emissions.csv per checkpoint, written once the checkpoint is on disk.
+
+        Not in :meth:`flush`: trackmux also flushes when a run closes, which would add a row
+        that says nothing new just before the one :meth:`finish` writes.
+        """
+        with self._lock:
+            if self._codecarbon is not None and self._codecarbon.flush() is None:
+                raise RuntimeError(f"codecarbon could not write its emissions row{WHY}")
 
     @hookimpl(tryfirst=True)
     def on_log(self, args, logs):

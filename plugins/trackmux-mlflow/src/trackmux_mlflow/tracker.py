@@ -90,6 +90,7 @@ class MlflowTracker(Tracker):
         self.run_id: str | None = None
         self.owns_run = False
         self._artifact_root: str | None = None
+        self._proxy = None
         self._existing_params: dict[str, str] = {}
         self._names: dict[str, str] = {}
 
@@ -140,6 +141,7 @@ class MlflowTracker(Tracker):
     def start(self, run: RunInfo) -> dict[str, Any]:
         from mlflow.tracking import MlflowClient
 
+        tags = self._tags()  # a malformed MLFLOW_TAGS fails before anything is created
         resume = run.resume or {}
         user_run = self._user_run or _user_active_run()
         explicit_uri = self.setting("tracking_uri", env="MLFLOW_TRACKING_URI")
@@ -162,8 +164,9 @@ class MlflowTracker(Tracker):
             user_run = None
         self.tracking_uri = str(uri)
         self.client = MlflowClient(self.tracking_uri)
+        self._proxy = None
         self._open_run(run.name, resume, user_run)
-        self._log_tags(self._tags())
+        self._log_tags(tags)
         self._log_params(run.config)
         return {
             "run_id": self.run_id,
@@ -328,7 +331,32 @@ class MlflowTracker(Tracker):
     def log_artifact(self, path: str, kind: str, step: int) -> None:
         # checkpoints keep their directory name (checkpoint-<step>), the final model is "model"
         target = os.path.basename(os.path.normpath(path)) if kind == "checkpoint" else "model"
-        self.client.log_artifacts(self.run_id, path, artifact_path=target)
+        proxy = self._artifact_proxy()
+        if proxy is None:
+            self.client.log_artifacts(self.run_id, path, artifact_path=target)
+        else:
+            proxy.log_artifacts(path, target)
+
+    def _artifact_proxy(self):
+        """The run's proxied artifact store (``mlflow-artifacts:/...``), resolved against this
+        tracker's URI, where mlflow older than 3.7 would resolve it against the process-global
+        tracking URI instead of the client's (mlflow#9457, #14931); None otherwise."""
+        if self._proxy is None:
+            import mlflow
+            from packaging.version import Version
+
+            self._proxy = False
+            if Version(mlflow.__version__).release < (3, 7):
+                uri = self.client.get_run(self.run_id).info.artifact_uri
+                if uri.startswith("mlflow-artifacts:"):
+                    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+                    from mlflow.store.artifact.mlflow_artifacts_repo import (
+                        MlflowArtifactsRepository,
+                    )
+
+                    resolved = MlflowArtifactsRepository.resolve_uri(uri, self.tracking_uri)
+                    self._proxy = HttpArtifactRepository(resolved)
+        return self._proxy or None
 
     def finish(self, status: str) -> None:
         if self.run_id is not None and self.owns_run:

@@ -31,7 +31,6 @@ STATUS_TAG = "status"
 class TensorBoardTracker(Tracker):
     name = "tensorboard"
     requires = ("tensorboard>=2.10",)
-    pip_name = "trackmux-tensorboard"
 
     def __init__(self, **settings):
         super().__init__(**settings)
