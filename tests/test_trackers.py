@@ -382,3 +382,20 @@ def test_backend_limits_are_applied_with_a_warning(tmp_path, caplog):
     assert config["acc_1"] == 1
     assert all(len(key) <= 12 for key in config)
     assert any("were cut" in r.getMessage() for r in caplog.records)
+
+
+def test_defer_queues_a_call_from_a_direct_hook_onto_the_worker(tmp_path):
+    class GradWatcher(Recorder):
+        name = "grads"
+
+        @hookimpl
+        def on_pre_optimizer_step(self, model, state):
+            biggest = max(p.grad.abs().max().item() for p in model.parameters())
+            self.defer("log_metrics", {"grad/max": biggest}, state.global_step + 1)
+
+    watcher = GradWatcher()
+    make_trainer(tmp_path, [watcher], logging_steps=3).train()
+    grads = [call for call in watcher.of("metrics") if "grad/max" in call[2]]
+    assert [step for _, step, _ in grads] == [1, 2, 3, 4, 5, 6]
+    steps_in_order = [call[1] for call in watcher.of("metrics")]
+    assert steps_in_order == sorted(steps_in_order)  # queued in order with the train logs

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from trackmux_dvclive.tracker import DVCLiveTracker
 
-from trackmux.testing import RunData, TrackerConformance, jsonl_log, run_training
-from trackmux.testing.conformance import _StopAt
+from trackmux.testing import RunData, StopAt, TrackerConformance, jsonl_log, run_training
 from trackmux.tracker import RunInfo
 
 
@@ -31,6 +30,18 @@ def read_live(directory):
     return load_yaml(directory / "params.yaml"), metrics, parse_json(directory / "metrics.json")
 
 
+def summary_points(summary, prefix=""):
+    """metrics.json's numbers as {name: value}, names joined with "/" like the tsv paths."""
+    points = {}
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            points.update(summary_points(value, f"{name}/"))
+        elif isinstance(value, int | float) and key != "step":
+            points[name] = value
+    return points
+
+
 def dvc_yaml(path):
     from dvclive.serialize import load_yaml
 
@@ -45,6 +56,7 @@ def init_dvc_repo(path):
 
 class TestDVCLiveConformance(TrackerConformance):
     tracker_class = DVCLiveTracker
+    purges_after_resume = True
 
     def make_tracker(self, tmp_path):
         # the defaults: <output_dir>/dvclive, dvc.yaml beside it
@@ -52,6 +64,9 @@ class TestDVCLiveConformance(TrackerConformance):
 
     def read_back(self, tracker, tmp_path):
         params, metrics, summary = read_live(tracker.directory)
+        # end-of-training values are in metrics.json only, at its final step
+        for name, value in summary_points(summary).items():
+            metrics.setdefault(name, [(summary["step"], value)])
         runs = len(list(Path(tmp_path).rglob("metrics.json")))
         return RunData(params=params, metrics=metrics, status=summary.get("status"), runs=runs)
 
@@ -142,7 +157,7 @@ def test_resume_drops_the_points_logged_after_the_checkpoint(trackmux_env):
     out = trackmux_env / "out"
     # killed before step 7: steps 5 and 6 (train/loss at 6) came after checkpoint-4
     with pytest.raises(KeyboardInterrupt):
-        run_training(out, DVCLiveTracker(), callbacks=[_StopAt(7, KeyboardInterrupt())])
+        run_training(out, DVCLiveTracker(), callbacks=[StopAt(7, KeyboardInterrupt())])
     _, metrics, summary = read_live(out / "dvclive")
     assert [s for s, _ in metrics["train/loss"]] == [2, 4, 6]
     assert summary["status"] == "killed"
