@@ -66,7 +66,8 @@ class CodeCarbonTracker(Tracker):
             rank = run.args.process_index if run.args is not None else 0
             local_rank = run.args.local_process_index if run.args is not None else 0
             if run.kind != "train" or local_rank != 0:
-                # evaluate()/predict() sessions are not measured; they keep the identity
+                # neither evaluate()/predict() nor a node's other processes measure; the
+                # run identity stays as it was
                 return run.resume
             return self._start(run, rank)
         finally:
