@@ -107,12 +107,14 @@ def format_report(report: dict, top: int = 20) -> str:
         f"(without profiler in these runs: {report['unprofiled_plain_us_per_step']:.1f} / "
         f"{report['unprofiled_us_per_step']:.1f} us)",
         "",
-        f"  {'extra us/step':>13} {'calls/step':>10} {'(plain)':>8}  function",
+        f"  {'extra us/step':>13} {'calls/step':>10} {'(plain)':>8}  function "
+        "(+: called more often than in the plain loop)",
     ]
     for cost in report["extra"][:top]:
+        more = "+" if cost["calls"] > cost["plain_calls"] + 1e-9 else " "
         lines.append(
-            f"  {cost['extra_own_us']:13.2f} {cost['calls']:10.2f} {cost['plain_calls']:8.2f}  "
-            f"{cost['label']}"
+            f"  {cost['extra_own_us']:13.2f} {cost['calls']:10.2f} {cost['plain_calls']:8.2f} "
+            f"{more}{cost['label']}"
         )
     lines += ["", f"  {'cumul us/step':>13} {'own us/step':>11} {'calls/step':>10}  function"]
     for cost in report["trackmux_cumulative"][:top]:

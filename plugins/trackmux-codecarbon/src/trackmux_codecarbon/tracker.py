@@ -34,7 +34,6 @@ WHY = "; codecarbon logs the reason as a warning (set its log_level to warning t
 class CodeCarbonTracker(Tracker):
     name = "codecarbon"
     requires = ("codecarbon>=2.8.4",)
-    pip_name = "trackmux-codecarbon"
     # Like Hugging Face's CodeCarbonCallback, one measurement per machine: power and energy
     # are read for the whole node (or for this process), so the local main process of every
     # node measures. The hub creates this tracker on every rank; start() keeps only those.

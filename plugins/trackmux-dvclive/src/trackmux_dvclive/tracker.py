@@ -135,6 +135,8 @@ class DVCLiveTracker(Tracker):
         if self.live is None:
             return
         self.live.summary[STATUS_KEY] = status
+        # end() moves live.step back to the step metrics.json last recorded: bring it up to date
+        self.live.make_summary()
         self.live.end()
         self.live = None
 

@@ -43,8 +43,15 @@ def _truthy(value) -> bool:
     return value is True or str(value).strip().lower() in _TRUE
 
 
+def _scheme(uri: str) -> str:
+    if os.path.isabs(uri):
+        return ""  # a Windows drive letter is not a scheme
+    # the bare word "databricks" (or "databricks://profile") is Databricks' hosted MLflow
+    return "databricks" if uri.split(":", 1)[0] == "databricks" else urlparse(uri).scheme.lower()
+
+
 def _is_local(uri: str) -> bool:
-    return urlparse(uri).scheme.lower() in _LOCAL_SCHEMES or os.path.isabs(uri)
+    return _scheme(uri) in _LOCAL_SCHEMES
 
 
 def _default_uri(output_dir: str) -> str:
@@ -123,10 +130,13 @@ class MlflowTracker(Tracker):
     def where(self) -> str | None:
         if self.run_id is None:
             return None
-        if _is_local(self.tracking_uri):
+        scheme = _scheme(self.tracking_uri)
+        if scheme in _LOCAL_SCHEMES:
             return f"run {self.run_id}: mlflow ui --backend-store-uri {self.tracking_uri}"
-        base = self.tracking_uri.rstrip("/")
-        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        if scheme in ("http", "https"):
+            base = self.tracking_uri.rstrip("/")
+            return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"run {self.run_id} on {self.tracking_uri}"
 
     def sanitize_name(self, name: str) -> str:
         clean = _BAD_CHARACTERS.sub("_", str(name))
