@@ -92,6 +92,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     options.logging_steps = [int(n) for n in options.logging_steps.split(",") if n.strip()]
     if not options.logging_steps or min(options.logging_steps) < 1:
         parser.error("--logging-steps: positive integers, e.g. 1,10")
+    if (options.steps is not None and options.steps < 1) or (
+        options.warmup is not None and options.warmup < 1
+    ):
+        parser.error("--steps and --warmup: at least 1 (the window starts at the end of a step)")
     preset = QUICK if options.quick else FULL
     options.repeats = options.repeats or preset["repeats"]
     options.startup_runs = preset["startup_runs"]

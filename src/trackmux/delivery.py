@@ -107,6 +107,12 @@ class TrackerWorker:
                     continue
         self.stalled_seconds += time.monotonic() - began
 
+    def prepare(self, run) -> bool:
+        """Run the tracker's ``prepare`` on the loop thread; False (and disabled) if it failed."""
+        self._call("prepare", (run,))
+        self.raise_if_failed()
+        return not self.disabled
+
     def request_flush(self) -> _Flush | None:
         """Ask the tracker to flush after what was submitted so far, without waiting."""
         if self.disabled:
@@ -206,11 +212,13 @@ class TrackerWorker:
             )
         else:
             logger.debug("tracker %r failed again in %s(): %r", self.name, method, error)
-        if method == "start" or self.failures >= MAX_CONSECUTIVE_FAILURES:
+        if method in ("prepare", "start") or self.failures >= MAX_CONSECUTIVE_FAILURES:
             self.disabled = True
             logger.error(
                 "tracker %r is disabled for the rest of this run (%s); the other trackers and "
                 "training go on",
                 self.name,
-                "it could not start" if method == "start" else f"{self.failures} failures in a row",
+                "it could not start"
+                if method in ("prepare", "start")
+                else f"{self.failures} failures in a row",
             )

@@ -151,7 +151,8 @@ class TrackerHub:
             )
             tracker.run_info = run
             tracker._worker = worker
-            worker.submit("start", run)
+            if worker.prepare(run):
+                worker.submit("start", run)
 
     def _resume_identity(self, name: str, kind: str) -> dict | None:
         """A training continues a run only when resumed from a checkpoint (the state holds

@@ -151,6 +151,11 @@ class Tracker:
 
     # -- what authors implement ----------------------------------------------------------
 
+    def prepare(self, run: RunInfo) -> None:
+        """Called on the training loop's thread right before :meth:`start` is queued: the
+        place to read thread-local state of the caller (an active run the user opened).
+        Keep it cheap: no network, no disk."""
+
     def start(self, run: RunInfo) -> dict[str, Any] | None:
         """Open a run (or reopen ``run.resume``) and record ``run.config``.
 

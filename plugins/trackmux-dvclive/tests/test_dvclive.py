@@ -10,10 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from trackmux_dvclive.tracker import DVCLiveTracker
 
 from trackmux.testing import RunData, StopAt, TrackerConformance, jsonl_log, run_training
 from trackmux.tracker import RunInfo
+from trackmux_dvclive.tracker import DVCLiveTracker
+
+EXPECTED_DVC_YAML = {
+    "params": ["dvclive/params.yaml"],
+    "metrics": ["dvclive/metrics.json"],
+    "plots": [{"dvclive/plots/metrics": {"x": "step"}}],
+}
 
 
 def read_live(directory):
@@ -119,11 +125,7 @@ def test_nothing_written_to_the_working_directory(trackmux_env):
     assert sorted(p.name for p in trackmux_env.iterdir()) == ["out"]
     out = trackmux_env / "out"
     assert (out / "dvc.yaml").is_file()
-    assert dvc_yaml(out / "dvc.yaml") == {
-        "params": ["dvclive/params.yaml"],
-        "metrics": ["dvclive/metrics.json"],
-        "plots": [{"dvclive/plots/metrics": {"x": "step"}}],
-    }
+    assert dvc_yaml(out / "dvc.yaml") == EXPECTED_DVC_YAML
 
 
 def test_dvc_reads_the_run_back(trackmux_env):
@@ -172,6 +174,8 @@ def test_resume_drops_the_points_logged_after_the_checkpoint(trackmux_env):
         assert history == log.history(name), name
     assert summary["status"] == "success"
     assert summary["step"] == 8
+    # reopening updated dvc.yaml in place instead of adding its entries a second time
+    assert dvc_yaml(out / "dvc.yaml") == EXPECTED_DVC_YAML
 
 
 @pytest.mark.parametrize(
@@ -206,7 +210,11 @@ def test_log_model_true_stores_the_final_model(trackmux_env, monkeypatch):
     out = trackmux_env / "out"
     artifacts = dvc_yaml(out / "dvc.yaml")["artifacts"]
     assert artifacts == {
-        "final-model": {"path": "final-model", "type": "model", "meta": {"kind": "model", "step": 8}}
+        "final-model": {
+            "path": "final-model",
+            "type": "model",
+            "meta": {"kind": "model", "step": 8},
+        }
     }
     pointer = dvc_yaml(out / "final-model.dvc")
     assert [o["path"] for o in pointer["outs"]] == ["final-model"]
@@ -265,10 +273,32 @@ def test_discovery_does_not_import_dvclive():
         "assert not loaded, loaded\n"
         "print(info.backend_version)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     from importlib.metadata import version
 
     assert done.stdout.strip() == version("dvclive")
+
+
+def test_all_skips_dvclive_where_it_would_run_dvc_init(tmp_path, monkeypatch):
+    from trackmux.plugins import PluginRegistry
+    from trackmux.report_to import resolve
+
+    registry = PluginRegistry()
+    registry.add_tracker(DVCLiveTracker)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+
+    def chosen(report_to):
+        return [info.name for info in resolve(report_to, registry).chosen]
+
+    assert chosen("all") == ["dvclive"]
+    (tmp_path / ".git").mkdir()
+    selection = resolve("all", registry)
+    assert [info.name for info in selection.chosen] == []
+    reason = dict(selection.skipped)["dvclive"]
+    assert str(tmp_path) in reason and "dvc init" in reason
+    # named, it runs; in a DVC repository "all" takes it again
+    assert chosen(["dvclive"]) == ["dvclive"]
+    (tmp_path / ".dvc").mkdir()
+    assert chosen("all") == ["dvclive"]

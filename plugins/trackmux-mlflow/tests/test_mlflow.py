@@ -13,7 +13,7 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 
-from trackmux.testing import RunData, TrackerConformance, jsonl_log
+from trackmux.testing import RunData, TrackerConformance, jsonl_log, run_training
 from trackmux.testing.conformance import TRAINING_DEFAULTS
 from trackmux.tracker import RunInfo
 from trackmux_mlflow.tracker import MlflowTracker
@@ -174,6 +174,23 @@ def test_tracking_uri_setting_beats_env_beats_default(trackmux_env, monkeypatch,
     assert tracker.where() == f"run {tracker.run_id}: mlflow ui --backend-store-uri {setting_uri}"
 
 
+@pytest.mark.parametrize(
+    "uri, mode",
+    [
+        ("", "local"),
+        ("sqlite:///out/mlflow.db", "local"),
+        ("/data/mlruns", "local"),
+        ("file:///data/mlruns", "local"),
+        ("https://mlflow.example.com", "online"),
+        ("databricks", "online"),
+        ("postgresql://db.example.com/mlflow", "online"),
+    ],
+)
+def test_mode_follows_the_tracking_uri(monkeypatch, uri, mode):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert MlflowTracker.mode() == mode
+
+
 def test_bad_mlflow_tags_are_refused_clearly(trackmux_env, monkeypatch):
     monkeypatch.setenv("MLFLOW_TAGS", "team=vision")
     with pytest.raises(ValueError, match="MLFLOW_TAGS is not valid JSON"):
@@ -181,9 +198,17 @@ def test_bad_mlflow_tags_are_refused_clearly(trackmux_env, monkeypatch):
 
 
 def test_disable_mlflow_integration_keeps_it_out_of_all(monkeypatch):
-    assert MlflowTracker.unconfigured_reason() is None
+    from trackmux.plugins import PluginRegistry
+    from trackmux.report_to import resolve
+
+    registry = PluginRegistry()
+    registry.add_tracker(MlflowTracker)
+    assert [info.name for info in resolve("all", registry).chosen] == ["mlflow"]
     monkeypatch.setenv("DISABLE_MLFLOW_INTEGRATION", "TRUE")
-    assert "DISABLE_MLFLOW_INTEGRATION" in MlflowTracker.unconfigured_reason()
+    skipped = dict(resolve("all", registry).skipped)
+    assert "DISABLE_MLFLOW_INTEGRATION" in skipped["mlflow"]
+    # named explicitly, it still runs
+    assert [info.name for info in resolve(["mlflow"], registry).chosen] == ["mlflow"]
 
 
 # -- which run ---------------------------------------------------------------------------------
@@ -300,12 +325,16 @@ def test_long_value_and_odd_key_are_cut_and_renamed(trackmux_env, mlflow_server,
 
 
 def test_metric_names_are_sanitized(trackmux_env, default_store):
+    def odd_names(prediction):
+        return {"acc@1": 0.5, "/f1": 0.25, "x" * 300: 1.0}
+
     tracker = MlflowTracker()
-    tracker.start(RunInfo(name="names", config={}, output_dir=str(trackmux_env / "out")))
-    tracker.log_metrics({"eval/acc@1": 0.5, "eval//f1": 0.25, "x" * 300: 1}, step=3)
-    tracker.finish("success")
-    data = read_run(tracker.tracking_uri, tracker.run_id)
-    assert data.metrics == {"eval/acc_1": [(3, 0.5)], "eval/f1": [(3, 0.25)], "x" * 250: [(3, 1.0)]}
+    run_training(trackmux_env / "out", tracker, trainer_kwargs={"compute_metrics": odd_names})
+    metrics = read_run(tracker.tracking_uri, tracker.run_id).metrics
+    # eval_acc@1 -> eval/acc@1 (trackmux's namespacing) -> eval/acc_1 (MLflow's characters)
+    assert metrics["eval/acc_1"] == [(4, 0.5), (8, 0.5)]
+    assert metrics["eval/f1"] == [(4, 0.25), (8, 0.25)]
+    assert metrics["eval/" + "x" * 245] == [(4, 1.0), (8, 1.0)]  # cut to 250 characters
 
 
 def test_more_than_100_params_arrive(trackmux_env, mlflow_server):

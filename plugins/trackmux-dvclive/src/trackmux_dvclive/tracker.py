@@ -40,8 +40,8 @@ STATUS_KEY = "status"
 RUNNING = "running"
 _STUDIO_TOKEN_ENVS = ("DVC_STUDIO_TOKEN", "STUDIO_TOKEN")
 _STUDIO_OFFLINE_ENV = "DVC_STUDIO_OFFLINE"
-#: seconds between two rewrites of metrics.json while training (also rewritten at each save
-#: and at the end): truncating and rewriting a file costs ~1-4 ms on ext4, 8x a log's rows
+#: seconds between two rewrites of metrics.json while training (it is also rewritten at each
+#: save and at the end): truncating and rewriting it took 1-4 ms on ext4, 7-30x a log's rows
 SUMMARY_INTERVAL = 1.0
 _TRUE = {"1", "true", "yes", "y", "on"}
 _OFF = {"0", "false", "no", "off", "none", ""}
@@ -68,6 +68,18 @@ class DVCLiveTracker(Tracker):
         token = any(os.environ.get(name) for name in _STUDIO_TOKEN_ENVS)
         offline = os.environ.get(_STUDIO_OFFLINE_ENV, "").strip().lower() in _TRUE
         return "online" if token and not offline else "local"
+
+    @classmethod
+    def unconfigured_reason(cls) -> str | None:
+        # Live() in a Git work tree without DVC runs `dvc init` at its root: a side effect
+        # report_to="all" must not cause. Named explicitly, dvclive still runs.
+        git_root = _git_root_without_dvc(os.getcwd())
+        if git_root is None:
+            return None
+        return (
+            f"{git_root} is a Git repository without DVC, where dvclive would run `dvc init`; "
+            "run `dvc init` there, or name dvclive in report_to"
+        )
 
     def artifact_policy(self, default: str = "none") -> str:
         # Hugging Face's HF_DVCLIVE_LOG_MODEL=all logs the output directory at every save
@@ -184,6 +196,24 @@ class DVCLiveTracker(Tracker):
 
 def _flag(value: str) -> bool:
     return value.strip().lower() in _TRUE
+
+
+def _git_root_without_dvc(folder: str) -> str | None:
+    """The Git work tree ``folder`` is in, when no DVC repository holds ``folder``: where
+    dvclive would initialise one. Searched upwards like DVC (which stops at a mount point)."""
+    folder = os.path.abspath(folder)
+    git_root = None
+    dvc_searched = False
+    while True:
+        if not dvc_searched and os.path.isdir(os.path.join(folder, ".dvc")):
+            return None
+        if git_root is None and os.path.exists(os.path.join(folder, ".git")):
+            git_root = folder
+        dvc_searched = dvc_searched or os.path.ismount(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return git_root
+        folder = parent
 
 
 def _inside_dvc_repo(policy: str) -> bool:

@@ -82,7 +82,6 @@ class MlflowTracker(Tracker):
 
     name = "mlflow"
     requires = ("mlflow>=2.10",)
-    pip_name = "trackmux-mlflow"
     # Hugging Face's MLflowCallback flattens with ".": keep its param names
     param_separator = "."
     max_name_length = MAX_KEY_LENGTH
@@ -99,18 +98,11 @@ class MlflowTracker(Tracker):
         self._artifact_root: str | None = None
         self._proxy = None
         self._existing_params: dict[str, str] = {}
-        self._names: dict[str, str] = {}
+        self._user_run: tuple[str, str] | None = None
 
-    # mlflow's active run is thread-local and start() runs on the worker thread. trackmux
-    # assigns run_info on the training loop's thread just before it queues start(): the one
-    # moment the user's own run (``with mlflow.start_run(): trainer.train()``) can be seen.
-    @property
-    def run_info(self) -> RunInfo | None:
-        return self._run_info
-
-    @run_info.setter
-    def run_info(self, run: RunInfo | None) -> None:
-        self._run_info = run
+    def prepare(self, run: RunInfo) -> None:
+        # mlflow's active run is thread-local and start() runs on the worker thread: the loop
+        # thread is the one place the user's own run (``with mlflow.start_run(): ...``) shows
         self._user_run = _user_active_run()
 
     # -- configuration ------------------------------------------------------------------
@@ -245,6 +237,8 @@ class MlflowTracker(Tracker):
             SqlAlchemyStore(_default_uri(output_dir), self._artifact_root)
 
     def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
         name = self.setting("experiment_name", env="MLFLOW_EXPERIMENT_NAME")
         if not name:
             return "0"  # MLflow's "Default" experiment
@@ -252,7 +246,7 @@ class MlflowTracker(Tracker):
         if experiment is None:
             try:
                 return self.client.create_experiment(name, artifact_location=self._artifact_root)
-            except Exception:
+            except MlflowException:
                 # another process created it between our lookup and create
                 experiment = self.client.get_experiment_by_name(name)
                 if experiment is None:
@@ -321,20 +315,11 @@ class MlflowTracker(Tracker):
 
     # -- metrics, artifacts, end -----------------------------------------------------
 
-    def _metric_name(self, name: str) -> str:
-        clean = self._names.get(name)
-        if clean is None:
-            clean = self._names[name] = self.sanitize_name(name)
-        return clean
-
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None = None):
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
-        entries = [
-            Metric(self._metric_name(name), float(value), timestamp, step)
-            for name, value in metrics.items()
-        ]
+        entries = [Metric(name, float(value), timestamp, step) for name, value in metrics.items()]
         for begin in range(0, len(entries), METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=entries[begin : begin + METRICS_PER_BATCH])
 
