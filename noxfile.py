@@ -186,6 +186,9 @@ def setup(session: nox.Session, *requirements: str) -> None:
     check.write_text(_CHECK_TORCH, encoding="utf-8")
     session.run("python", str(check))
     session.env.update(QUIET_ENV)
+    # create_tmp() pointed TMPDIR into .nox/ inside this git checkout: tests must not run
+    # there (dvclive would `dvc init` the checkout, for one)
+    session.env.pop("TMPDIR", None)
 
 
 # --------------------------------------------------------------------------- pytest

@@ -360,8 +360,9 @@ def run_trackmux(
     return trackmux_model(task, window, report_to, workdir, slow, profiler)[1]
 
 
-def build_contenders(registry=None) -> tuple[list[Contender], list[tuple[str, str]]]:
-    """The contenders this environment can run, and ``(name, why)`` for those skipped."""
+def build_contenders(registry=None, extra=()) -> tuple[list[Contender], list[tuple[str, str]]]:
+    """The contenders this environment can run, and ``(name, why)`` for those skipped.
+    ``extra``: more tracker sets to time, each a list of ``report_to`` names."""
     from trackmux.plugins import get_registry
     from trackmux.report_to import resolve
 
@@ -373,24 +374,26 @@ def build_contenders(registry=None) -> tuple[list[Contender], list[tuple[str, st
     ]
     skipped: list[tuple[str, str]] = []
 
-    def missing(names):
-        return [n for n in names if not (registry.get(n) and registry.get(n).available)]
-
-    def add(contender: Contender) -> None:
-        same = next((c for c in chosen if c.trackers and c.trackers == contender.trackers), None)
-        if same is not None:
-            skipped.append((contender.name, f"same trackers as {same.name}"))
-        else:
-            chosen.append(contender)
-
-    for names in (["jsonl", "tensorboard"], ["jsonl", "tensorboard", "mlflow", "dvclive"]):
+    def add(names: list[str]) -> None:
         name = "trackmux-" + "+".join(names)
-        absent = missing(names)
+        absent = [n for n in names if not (registry.get(n) and registry.get(n).available)]
+        same = next((c for c in chosen if c.trackers == frozenset(names)), None)
         if absent:
             skipped.append((name, f"not available: {', '.join(absent)}"))
+        elif same is not None:
+            skipped.append((name, f"same trackers as {same.name}"))
         else:
-            add(Contender(name, names, frozenset(names)))
+            chosen.append(Contender(name, names, frozenset(names)))
+
+    add(["jsonl", "tensorboard"])
+    add(["jsonl", "tensorboard", "mlflow", "dvclive"])
     everything = frozenset(info.name for info in resolve("all", registry).chosen)
-    add(Contender("trackmux-all", "all", everything))
+    same = next((c for c in chosen if c.trackers == everything), None)
+    if same is not None:
+        skipped.append(("trackmux-all", f"same trackers as {same.name}"))
+    else:
+        chosen.append(Contender("trackmux-all", "all", everything))
+    for names in extra:
+        add(list(names))
     chosen.append(Contender("slow-tracker", "none", frozenset({"slow"}), slow=True))
     return chosen, skipped

@@ -49,6 +49,8 @@ QUIET_ENV = {
     "COMET_ERROR_TRACKING_ENABLE": "false",
     "WANDB_MODE": "offline",
     "WANDB_SILENT": "true",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "CODECARBON_COUNTRY_ISO_CODE": "USA",
     "TRACKMUX_VERBOSITY": "warning",
 }
 QUICK = {"repeats": 3, "steps": {"tiny": 200, "medium": 20}, "startup_runs": 3}
@@ -71,6 +73,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--logging-steps", default="1,10", help="comma-separated intervals")
     parser.add_argument("--contenders", help="comma-separated names (plain is always run)")
     parser.add_argument(
+        "--with",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="TRACKERS",
+        help="also time report_to=TRACKERS ('+'-separated, e.g. mlflow or jsonl+dvclive); "
+        "repeatable",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -89,6 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [name for name in options.models if name not in TASKS]
     if unknown:
         parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    options.extra = [[n.strip() for n in text.split("+") if n.strip()] for text in options.extra]
     options.logging_steps = [int(n) for n in options.logging_steps.split(",") if n.strip()]
     if not options.logging_steps or min(options.logging_steps) < 1:
         parser.error("--logging-steps: positive integers, e.g. 1,10")
@@ -301,7 +313,7 @@ def plot(rows: list[dict], path: Path) -> bool:
     names = [n for n in dict.fromkeys(r["contender"] for r in rows) if n != "plain"]
     ratio = {(r["model"], r["logging_steps"], r["contender"]): r["ratio"] for r in rows}
     width = 0.8 / max(1, len(names))
-    figure, axes = plt.subplots(figsize=(max(6, 1.8 * len(groups) * max(1, len(names)) / 2), 4))
+    figure, axes = plt.subplots(figsize=(min(14, 2 + len(groups) * (0.5 + 0.4 * len(names))), 4.5))
     for index, name in enumerate(names):
         xs = [g + index * width for g in range(len(groups))]
         axes.bar(xs, [ratio.get((*group, name), 0) for group in groups], width, label=name)
@@ -310,7 +322,7 @@ def plot(rows: list[dict], path: Path) -> bool:
     axes.set_xticklabels([f"{model}\nlog every {n}" for model, n in groups])
     axes.set_ylabel("time per step / plain loop")
     axes.set_title("trackmux overhead (1.0 = plain PyTorch loop)")
-    axes.legend(fontsize="small")
+    axes.legend(fontsize="small", loc="upper left", ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -368,7 +380,7 @@ def run_steps(options, out: Path) -> dict:
 
 
 def _run_steps(options, out: Path, workdir: str) -> dict:
-    contenders, skipped = build_contenders()
+    contenders, skipped = build_contenders(extra=options.extra)
     if options.contenders:
         wanted = {"plain", *(n.strip() for n in options.contenders.split(","))}
         unknown = wanted - {c.name for c in contenders} - {name for name, _ in skipped}
