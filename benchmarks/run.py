@@ -41,8 +41,8 @@ from contenders import (  # noqa: E402
     trackmux_model,
 )
 
-# trackers must never phone home, and the "reporting to" line of each of the hundreds of
-# Trainers would drown the table
+# trackers must never phone home, and the info lines of each of the hundreds of Trainers (and
+# of their trackers) would drown the table
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",

@@ -87,6 +87,14 @@ def test_contenders_with_backends():
     assert skipped == []
 
 
+def test_extra_tracker_sets():
+    chosen, skipped = build_contenders(_registry("mlflow"), extra=[["mlflow"], ["dvclive"]])
+    mlflow = next(c for c in chosen if c.name == "trackmux-mlflow")
+    assert mlflow.report_to == ["mlflow"] and mlflow.trackers == {"mlflow"}
+    assert ("trackmux-dvclive", "not available: dvclive") in skipped
+    assert chosen[-1].name == "slow-tracker"
+
+
 def test_all_is_skipped_when_it_adds_nothing():
     chosen, skipped = build_contenders(_registry("tensorboard"))
     assert "trackmux-all" not in [c.name for c in chosen]
