@@ -75,9 +75,20 @@ def _plugin_requirement(plugin_dir: Path, extra: str = "test") -> list[str]:
     return ["-e", f"{rel}[{extra}]" if extra in extras else rel]
 
 
+def _installs_with_the_others(plugin_dir: Path) -> bool:
+    """False for a plugin whose pyproject says ``[tool.trackmux] install-with-others = false``
+    (its backend's dependencies conflict with another's): it is tested alone only."""
+    settings = _load_toml(plugin_dir / "pyproject.toml").get("tool", {}).get("trackmux", {})
+    return settings.get("install-with-others", True)
+
+
+TOGETHER = [p for p in PLUGINS if _installs_with_the_others(p)]
+
+
 def _all_plugin_requirements(extra: str = "test") -> list[str]:
+    """Every plugin that can share one environment (see _installs_with_the_others)."""
     args: list[str] = []
-    for plugin_dir in PLUGINS:
+    for plugin_dir in TOGETHER:
         args += _plugin_requirement(plugin_dir, extra)
     return args
 

@@ -128,14 +128,15 @@ def synchronize(device: torch.device) -> None:
 
 
 class Stopwatch:
-    """Marks the end of step ``window.warmup`` and of step ``window.total``; calls
-    ``on_start`` / ``on_stop`` there (the profiler and the slow tracker hook in)."""
+    """Marks the end of step ``window.warmup`` and of step ``window.total``. The functions
+    in ``on_start`` run just before the clock starts, those in ``on_stop`` just after it
+    stops (settling trackers, arming the slow tracker, switching a profiler on and off)."""
 
-    def __init__(self, window: Window, device: torch.device, on_start=None, on_stop=None):
+    def __init__(self, window: Window, device: torch.device):
         self.window = window
         self.device = device
-        self.on_start = on_start
-        self.on_stop = on_stop
+        self.on_start: list[Callable[[], None]] = []
+        self.on_stop: list[Callable[[], None]] = []
         self.started: float | None = None
         self.stopped: float | None = None
         self.cpu_started = self.cpu_stopped = 0.0
@@ -143,16 +144,16 @@ class Stopwatch:
     def mark(self, step: int) -> None:
         if step == self.window.warmup:
             synchronize(self.device)
-            if self.on_start is not None:
-                self.on_start()
+            for function in self.on_start:
+                function()
             self.started = time.perf_counter()
             self.cpu_started = time.thread_time()
         elif step == self.window.total:
             synchronize(self.device)
             self.stopped = time.perf_counter()
             self.cpu_stopped = time.thread_time()
-            if self.on_stop is not None:
-                self.on_stop()
+            for function in self.on_stop:
+                function()
 
     @property
     def per_step(self) -> float:
@@ -184,11 +185,10 @@ def _stopwatch_callback(stopwatch: Stopwatch):
 
 
 def slow_tracker():
-    """A Tracker whose ``log_metrics`` takes 50 ms, like a backend on a slow network.
-
-    ``release()`` ends the slowness once the window is over, so the records still queued
-    drain at once instead of keeping ``train()`` waiting at close. ``calls`` counts every
-    record delivered, to show none was dropped.
+    """A Tracker whose ``log_metrics`` takes 50 ms between ``arm()`` and ``release()``, like
+    a backend on a slow network: slow inside the window only, so settling before it and
+    closing after it take no time. ``calls`` counts every record delivered, to show none was
+    dropped.
     """
     from trackmux import Tracker
 
@@ -198,16 +198,20 @@ def slow_tracker():
         def __init__(self, **settings):
             super().__init__(**settings)
             self.calls = 0
-            self._released = threading.Event()
+            self._fast = threading.Event()
+            self._fast.set()
+
+        def arm(self) -> None:
+            self._fast.clear()
 
         def release(self) -> None:
-            self._released.set()
+            self._fast.set()
 
         def start(self, run):
             return {"run": run.name}
 
         def log_metrics(self, metrics, step, epoch=None):
-            self._released.wait(SLOW_TRACKER_DELAY)
+            self._fast.wait(SLOW_TRACKER_DELAY)
             self.calls += 1
 
         def finish(self, status):
@@ -240,24 +244,28 @@ class Contender:
     def plain(self) -> bool:
         return self.report_to is None
 
-    def run(self, task: Task, window: Window, workdir: str, profiler=None) -> RunResult:
+    def run(
+        self, task: Task, window: Window, workdir: str, profiler=None, settled: bool = True
+    ) -> RunResult:
         if self.plain:
             return run_plain(task, window, profiler=profiler)
-        return run_trackmux(
-            task, window, self.report_to, workdir, slow=self.slow, profiler=profiler
-        )
+        return run_trackmux(task, window, self.report_to, workdir, self.slow, profiler, settled)
 
 
-def _profiler_hooks(profiler, extra_stop: Callable | None = None):
-    if profiler is None:
-        return None, extra_stop
+def _with_profiler(stopwatch: Stopwatch, profiler) -> Stopwatch:
+    # innermost: switched on last before the window and off first after it
+    if profiler is not None:
+        stopwatch.on_start.append(profiler.enable)
+        stopwatch.on_stop.insert(0, profiler.disable)
+    return stopwatch
 
-    def stop():
-        profiler.disable()
-        if extra_stop is not None:
-            extra_stop()
 
-    return profiler.enable, stop
+def settle(trainer, timeout: float = 300.0) -> None:
+    """Wait until every tracker delivered what it was given so far, its ``start()`` above
+    all (mlflow creating its database takes seconds of CPU): the window then measures the
+    steady state, not a tracker's start-up running beside the first steps."""
+    for worker in trainer.trackers.workers:
+        worker.flush(timeout)
 
 
 def _loader(task: Task, window: Window) -> DataLoader:
@@ -285,12 +293,13 @@ def plain_model(task: Task, window: Window, profiler=None) -> tuple[nn.Module, R
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: max(0.0, 1.0 - step / total)
     )
-    on_start, on_stop = _profiler_hooks(profiler)
-    stopwatch = Stopwatch(window, device, on_start, on_stop)
+    stopwatch = _with_profiler(Stopwatch(window, device), profiler)
     running = torch.zeros((), device=device)
     logged = []
-    model.train()
-    for step, batch in enumerate(loader, start=1):
+
+    # the step is a function (as in the Trainer) so that a profiler, switched on in the
+    # middle of the loop, sees its work
+    def train_step(batch) -> None:
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         loss = model(**batch)["loss"]
         loss.backward()
@@ -298,7 +307,11 @@ def plain_model(task: Task, window: Window, profiler=None) -> tuple[nn.Module, R
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        running += loss.detach()
+        running.add_(loss.detach())
+
+    model.train()
+    for step, batch in enumerate(loader, start=1):
+        train_step(batch)
         stopwatch.mark(step)
         if step % window.logging_steps == 0:
             logged.append(running.item() / window.logging_steps)
@@ -313,14 +326,19 @@ def run_plain(task: Task, window: Window, profiler=None) -> RunResult:
 
 
 def trackmux_model(
-    task: Task, window: Window, report_to, workdir: str, slow: bool = False, profiler=None
+    task: Task,
+    window: Window,
+    report_to,
+    workdir: str,
+    slow: bool = False,
+    profiler=None,
+    settled: bool = True,
 ):
     from trackmux import Trainer, TrainingArguments
 
     device = default_device()
     tracker = slow_tracker() if slow else None
-    on_start, on_stop = _profiler_hooks(profiler, tracker.release if tracker else None)
-    stopwatch = Stopwatch(window, device, on_start, on_stop)
+    stopwatch = Stopwatch(window, device)
     args = TrainingArguments(
         output_dir=workdir,
         report_to=list(report_to) if isinstance(report_to, list) else report_to,
@@ -344,6 +362,12 @@ def trackmux_model(
         callbacks=[_stopwatch_callback(stopwatch)],
         trackers=[tracker] if tracker else None,
     )
+    if settled:
+        stopwatch.on_start.append(lambda: settle(trainer))
+    if tracker is not None:
+        stopwatch.on_start.append(tracker.arm)
+        stopwatch.on_stop.append(tracker.release)
+    _with_profiler(stopwatch, profiler)
     # disable_tqdm=True prints every log dict (PrinterCallback): that work is timed, but it
     # goes to /dev/null so the terminal's speed is not
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
@@ -355,9 +379,15 @@ def trackmux_model(
 
 
 def run_trackmux(
-    task: Task, window: Window, report_to, workdir: str, slow: bool = False, profiler=None
+    task: Task,
+    window: Window,
+    report_to,
+    workdir: str,
+    slow: bool = False,
+    profiler=None,
+    settled: bool = True,
 ) -> RunResult:
-    return trackmux_model(task, window, report_to, workdir, slow, profiler)[1]
+    return trackmux_model(task, window, report_to, workdir, slow, profiler, settled)[1]
 
 
 def build_contenders(registry=None, extra=()) -> tuple[list[Contender], list[tuple[str, str]]]:

@@ -6,6 +6,8 @@ on a busy machine do not land in the figures. Each function's own time per step 
 from its own time in the trackmux run: what is left is trackmux's extra work, function by
 function, plus the extra calls per step. cProfile slows Python code far more than the C++
 kernels it calls, so its totals overstate the overhead: read the ranking, not the ratio.
+Work done directly in a loop body that was already running when the profiler started
+(trackmux's ``_training_loop``, the plain loop's ``for``) is seen by no entry.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def compare(contender: Contender, task: Task, window: Window, workdir: str) -> d
     plain = _per_step(plain_stats, window.steps)
     mine = _per_step(stats, window.steps)
     costs = []
-    for key, (calls, own, cumulative) in mine.items():
+    for key in mine.keys() | plain.keys():
+        calls, own, cumulative = mine.get(key, (0.0, 0.0, 0.0))
         plain_calls, plain_own, _ = plain.get(key, (0.0, 0.0, 0.0))
         costs.append(
             FunctionCost(_label(key), own - plain_own, own, cumulative, calls, plain_calls)
@@ -90,6 +93,12 @@ def compare(contender: Contender, task: Task, window: Window, workdir: str) -> d
         "unprofiled_plain_us_per_step": plain_result.per_step * 1e6,
         "unprofiled_us_per_step": result.per_step * 1e6,
         "extra": [c.as_dict() for c in sorted(costs, key=lambda c: -c.extra_own_us)],
+        # the plain loop's own work that trackmux does under other names
+        "plain_only": [
+            c.as_dict()
+            for c in sorted(costs, key=lambda c: c.extra_own_us)
+            if c.calls == 0 and c.plain_calls > 0
+        ],
         "trackmux_cumulative": [
             c.as_dict()
             for c in sorted(costs, key=lambda c: -c.cumulative_us)
@@ -115,6 +124,12 @@ def format_report(report: dict, top: int = 20) -> str:
         lines.append(
             f"  {cost['extra_own_us']:13.2f} {cost['calls']:10.2f} {cost['plain_calls']:8.2f} "
             f"{more}{cost['label']}"
+        )
+    lines += ["", "  the plain loop's own functions (trackmux does this work under other names):"]
+    for cost in report["plain_only"][:5]:
+        lines.append(
+            f"  {cost['extra_own_us']:13.2f} {cost['calls']:10.2f} {cost['plain_calls']:8.2f}  "
+            f"{cost['label']}"
         )
     lines += ["", f"  {'cumul us/step':>13} {'own us/step':>11} {'calls/step':>10}  function"]
     for cost in report["trackmux_cumulative"][:top]:

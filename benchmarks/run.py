@@ -51,6 +51,7 @@ QUIET_ENV = {
     "WANDB_SILENT": "true",
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     "CODECARBON_COUNTRY_ISO_CODE": "USA",
+    "CODECARBON_LOG_LEVEL": "warning",
     "TRACKMUX_VERBOSITY": "warning",
 }
 QUICK = {"repeats": 3, "steps": {"tiny": 200, "medium": 20}, "startup_runs": 3}
@@ -80,6 +81,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="TRACKERS",
         help="also time report_to=TRACKERS ('+'-separated, e.g. mlflow or jsonl+dvclive); "
         "repeatable",
+    )
+    parser.add_argument(
+        "--no-settle",
+        dest="settled",
+        action="store_false",
+        help="start the clock without waiting for the trackers to catch up (their start() "
+        "then runs beside the timed steps)",
     )
     parser.add_argument(
         "--threads",
@@ -202,7 +210,7 @@ def measure(options, contenders: list[Contender], workdir: str) -> dict:
         directory = os.path.join(workdir, f"run-{runs}")
         gc.collect()  # garbage left by the previous contender must not be collected in this one
         try:
-            return contender.run(task, window, directory)
+            return contender.run(task, window, directory, settled=options.settled)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
@@ -409,6 +417,7 @@ def _run_steps(options, out: Path, workdir: str) -> dict:
     section = {
         "settings": {
             "repeats": options.repeats,
+            "settled": options.settled,
             "logging_steps": options.logging_steps,
             "models": {
                 name: {
@@ -458,6 +467,7 @@ def profile(options, out: Path, workdir: str) -> list[dict]:
         print()
         print(text)
         report["extra"] = report["extra"][:40]
+        report["plain_only"] = report["plain_only"][:10]
         report["trackmux_cumulative"] = report["trackmux_cumulative"][:40]
         reports.append(report)
     return reports

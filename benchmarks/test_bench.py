@@ -156,3 +156,27 @@ def test_startup_figures():
         + construction["trainer_init_s"]
     )
     assert "import trackmux" in startup.format_report(result)
+
+
+def test_profile_names_trackmux_functions(tmp_path):
+    import profiling
+    from contenders import Contender
+
+    window = Window(steps=30, warmup=5, logging_steps=1)
+    report = profiling.compare(
+        Contender("trackmux-none", "none"), TASKS["tiny"], window, str(tmp_path)
+    )
+    extra = {cost["label"]: cost for cost in report["extra"]}
+    event = next(label for label in extra if label.endswith("(_event)"))
+    assert label_in_trackmux(event)
+    assert extra[event]["calls"] >= 2 and extra[event]["plain_calls"] == 0
+    assert any(c["label"].endswith("(train_step)") for c in report["plain_only"])
+    assert any(
+        c["label"].endswith("(_maybe_log_save_evaluate)") for c in report["trackmux_cumulative"]
+    )
+    text = profiling.format_report(report)
+    assert "+" + event in text
+
+
+def label_in_trackmux(label: str) -> bool:
+    return label.startswith("trackmux/")

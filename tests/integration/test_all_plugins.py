@@ -15,12 +15,16 @@ PLUGIN_DIRS = sorted(pathlib.Path(__file__).parents[2].joinpath("plugins").glob(
 
 
 def entry_point_names():
+    """The report_to names of every plugin meant to share this environment (a plugin whose
+    pyproject says ``[tool.trackmux] install-with-others = false`` is tested alone)."""
     import tomllib
 
     names = []
     for directory in PLUGIN_DIRS:
-        project = tomllib.loads((directory / "pyproject.toml").read_text())["project"]
-        names += list(project.get("entry-points", {}).get("trackmux", {}))
+        pyproject = tomllib.loads((directory / "pyproject.toml").read_text())
+        if not pyproject.get("tool", {}).get("trackmux", {}).get("install-with-others", True):
+            continue
+        names += list(pyproject["project"].get("entry-points", {}).get("trackmux", {}))
     return names
 
 
