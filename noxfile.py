@@ -85,6 +85,13 @@ def _installs_with_the_others(plugin_dir: Path) -> bool:
 TOGETHER = [p for p in PLUGINS if _installs_with_the_others(p)]
 
 
+def _needs(plugin_dir: Path) -> list[Path]:
+    """Sibling plugins a plugin builds on (``[tool.trackmux] needs = ["trackmux-mlflow"]``):
+    they are not on an index, so its session installs them from their folders."""
+    settings = _load_toml(plugin_dir / "pyproject.toml").get("tool", {}).get("trackmux", {})
+    return [ROOT / "plugins" / name for name in settings.get("needs", [])]
+
+
 def _all_plugin_requirements(extra: str = "test") -> list[str]:
     """Every plugin that can share one environment (see _installs_with_the_others)."""
     args: list[str] = []
@@ -244,7 +251,8 @@ def plugin(session: nox.Session, name: str) -> None:
     """One tracker plugin, installed alone next to the core, against its own tests."""
     plugin_dir = PLUGIN_IDS[name]
     rel = plugin_dir.relative_to(ROOT).as_posix()
-    setup(session, "-e", ".[test]", *_plugin_requirement(plugin_dir))
+    siblings = [arg for needed in _needs(plugin_dir) for arg in _plugin_requirement(needed, "")]
+    setup(session, "-e", ".[test]", *siblings, *_plugin_requirement(plugin_dir))
     # rootdir and conftest lookup stop at the plugin directory: the plugin's own
     # conftest.py files apply, the core's tests/conftest.py (or a repo-level one)
     # never does.  The plugin's own pytest config wins; otherwise the core's.
