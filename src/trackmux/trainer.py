@@ -407,11 +407,13 @@ class Trainer:
     def training_step(self, model, inputs, accumulation_steps: int = 1) -> torch.Tensor:
         """One forward and backward pass on a micro-batch; returns the detached loss
         divided by ``accumulation_steps`` (the micro-batches in this optimizer step)."""
-        model.train()
+        if not model.training:  # after an evaluation; a no-op call costs a module walk
+            model.train()
         inputs = self._prepare_inputs(inputs)
         with self._autocast():
             loss = self.compute_loss(model, inputs)
-        loss = loss / accumulation_steps
+        if accumulation_steps != 1:
+            loss = loss / accumulation_steps
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:

@@ -1,0 +1,1 @@
+"""trackmux plugin for Azure ML (``report_to="azure_ml"``)."""
