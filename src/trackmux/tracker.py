@@ -121,7 +121,12 @@ class Tracker:
             return "end"
         if text in _FALSE:
             return "none"
-        source = f"environment variable {self.artifacts_env}" if self.artifacts_env else "setting"
+        from_code = self.settings.get("artifacts") is not None
+        source = (
+            "setting"
+            if from_code or not self.artifacts_env
+            else f"environment variable {self.artifacts_env}"
+        )
         raise ValueError(
             f"{self.name}: artifacts {source}={value!r} is not a policy; choose one of "
             f"{', '.join(ARTIFACT_POLICIES)} (or true/false)"
