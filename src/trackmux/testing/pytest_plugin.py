@@ -26,6 +26,11 @@ BACKEND_ENV_VARS = (
     "COMET_API_KEY",
     "COMET_MODE",
     "COMET_PROJECT_NAME",
+    "COMET_WORKSPACE",
+    "COMET_OFFLINE_DIRECTORY",
+    "COMET_LOG_ASSETS",
+    "COMET_EXPERIMENT_KEY",
+    "COMET_CONFIG",
     "NEPTUNE_API_TOKEN",
     "NEPTUNE_PROJECT",
     "CLEARML_API_ACCESS_KEY",
@@ -37,10 +42,16 @@ BACKEND_ENV_VARS = (
 @pytest.fixture
 def trackmux_env(monkeypatch, tmp_path):
     """An environment where trackers stay local and quiet: strict tracker errors, no
-    telemetry, offline SaaS modes, the working directory in ``tmp_path``, and none of the
-    developer's backend variables (:data:`BACKEND_ENV_VARS`)."""
+    telemetry, offline SaaS modes, the working directory in ``tmp_path``, ``HOME`` in
+    ``tmp_path/home``, and none of the developer's backend variables
+    (:data:`BACKEND_ENV_VARS`)."""
     for name in BACKEND_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
+    # a developer's ~/.comet.config, ~/.netrc (wandb) or ~/.clearml.conf must not take a
+    # test online
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("TRACKMUX_STRICT", "1")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("DO_NOT_TRACK", "true")
