@@ -46,6 +46,13 @@ BACKEND_ENV_VARS = (
     "NEPTUNE_CUSTOM_RUN_ID",
     "NEPTUNE_LOG_CHECKPOINTS",
     "CLEARML_API_ACCESS_KEY",
+    "CLEARML_API_SECRET_KEY",
+    "CLEARML_API_HOST",
+    "CLEARML_PROJECT",
+    "CLEARML_TASK",
+    "CLEARML_LOG_MODEL",
+    "CLEARML_OFFLINE_MODE",
+    "CLEARML_PROC_MASTER_ID",
     "HF_DVCLIVE_LOG_MODEL",
     "DAGSHUB_USER_TOKEN",
 )
@@ -64,6 +71,10 @@ def trackmux_env(monkeypatch, tmp_path):
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml-cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(home / ".cache" / "wandb"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(home / ".local" / "wandb"))
     monkeypatch.setenv("TRACKMUX_STRICT", "1")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("DO_NOT_TRACK", "true")
