@@ -59,19 +59,19 @@ BACKEND_ENV_VARS = (
 
 
 @pytest.fixture
-def trackmux_env(monkeypatch, tmp_path):
+def trackmux_env(monkeypatch, tmp_path, tmp_path_factory):
     """An environment where trackers stay local and quiet: strict tracker errors, no
-    telemetry, offline SaaS modes, the working directory in ``tmp_path``, ``HOME`` in
-    ``tmp_path/home``, and none of the developer's backend variables
+    telemetry, offline SaaS modes, the working directory in ``tmp_path``, a fresh ``HOME``
+    of its own, and none of the developer's backend variables
     (:data:`BACKEND_ENV_VARS`)."""
     for name in BACKEND_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     # a developer's ~/.comet.config, ~/.netrc (wandb) or ~/.clearml.conf must not take a
     # test online
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
+    # beside tmp_path, not in it: tests may check what a run wrote there
+    home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml-cache"))
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(home / ".clearml" / "cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(home / ".cache" / "wandb"))
     monkeypatch.setenv("WANDB_DATA_DIR", str(home / ".local" / "wandb"))
