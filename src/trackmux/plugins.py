@@ -75,7 +75,9 @@ class PluginInfo:
 def check_backend(tracker_class) -> tuple[str | None, str | None]:
     """``(reason, installed version)``: reason is None when every requirement of
     ``tracker_class.requires`` is installed at a supported version and importable."""
-    from packaging.requirements import Requirement
+    if not tracker_class.requires and not tracker_class.backend_modules:
+        return None, None
+    from packaging.requirements import Requirement  # ~10 ms: only when there is a backend
 
     versions = []
     for text in tracker_class.requires:
