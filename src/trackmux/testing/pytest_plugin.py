@@ -70,11 +70,8 @@ def trackmux_env(monkeypatch, tmp_path, tmp_path_factory):
     # test online
     # beside tmp_path, not in it: tests may check what a run wrote there
     home = tmp_path_factory.mktemp("home")
+    # (ClearML's cache and W&B's config/data dirs default to places under HOME too)
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("CLEARML_CACHE_DIR", str(home / ".clearml" / "cache"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(home / ".cache" / "wandb"))
-    monkeypatch.setenv("WANDB_DATA_DIR", str(home / ".local" / "wandb"))
     monkeypatch.setenv("TRACKMUX_STRICT", "1")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("DO_NOT_TRACK", "true")
