@@ -73,3 +73,63 @@ def test_readme_example_runs_verbatim(trackmux_env):
     assert [t.name for t in trainer.trackers.trackers] == ["jsonl", "tensorboard"]
     log = read_run(find_runs(trackmux_env / "out")[-1])
     assert [step for step, _ in log.history("train/loss")][:2] == [10, 20]
+
+
+def _tensorboard_metrics(tracker):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(tracker.logging_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def _mlflow_metrics(tracker, names):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracker.tracking_uri)
+    return {
+        name: [(m.step, m.value) for m in client.get_metric_history(tracker.run_id, name)]
+        for name in names
+    }
+
+
+def _dvclive_metrics(tracker, names):
+    import csv
+
+    metrics = {}
+    for name in names:
+        path = pathlib.Path(tracker.directory, "plots", "metrics", f"{name}.tsv")
+        with path.open() as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        leaf = name.rsplit("/", 1)[-1]
+        metrics[name] = [(int(row["step"]), float(row[leaf])) for row in rows]
+    return metrics
+
+
+def test_every_local_backend_received_every_metric_of_every_logged_step(trackmux_env):
+    """Issue 4's check: mlflow, dvclive, codecarbon and tensorboard together, each read back
+    with its own reader and compared with the jsonl log of the same run."""
+    names = ["jsonl", "mlflow", "dvclive", "codecarbon", "tensorboard"]
+    trainer = run_training(trackmux_env / "out", report_to=names)
+    trackers = {tracker.name: tracker for tracker in trainer.trackers.trackers}
+    assert sorted(trackers) == sorted(names)
+    log = read_run(find_runs(trackmux_env / "out")[-1])
+    expected = log.metrics
+    assert [step for step, _ in expected["train/loss"]] == [2, 4, 6, 8]
+    received = {
+        "tensorboard": _tensorboard_metrics(trackers["tensorboard"]),
+        "mlflow": _mlflow_metrics(trackers["mlflow"], expected),
+        "dvclive": _dvclive_metrics(trackers["dvclive"], expected),
+    }
+    for backend, metrics in received.items():
+        for name, history in expected.items():
+            got = metrics.get(name)
+            assert got is not None, f"{backend} has no {name!r}"
+            assert [s for s, _ in got] == [s for s, _ in history], f"{backend}: steps of {name}"
+            for (_, value), (_, want) in zip(got, history):
+                assert value == pytest.approx(want, rel=1e-6), f"{backend}: {name}"
+    # codecarbon is a source: its figures reached the run log (and so every tracker)
+    assert log.summary["codecarbon/emissions"] > 0
+    assert received["tensorboard"]["codecarbon/emissions"][-1][0] == 8
