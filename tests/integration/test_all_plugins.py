@@ -133,3 +133,52 @@ def test_every_local_backend_received_every_metric_of_every_logged_step(trackmux
     # codecarbon is a source: its figures reached the run log (and so every tracker)
     assert log.summary["codecarbon/emissions"] > 0
     assert received["tensorboard"]["codecarbon/emissions"][-1][0] == 8
+
+
+def _plugin_tests(plugin: str, filename: str):
+    """A plugin's own test module, for its backend reader (the plugin tests are not a
+    package; each reads its backend with the backend's own format)."""
+    import importlib.util
+    import sys
+
+    path = pathlib.Path(__file__).parents[2] / "plugins" / f"trackmux-{plugin}" / "tests" / filename
+    spec = importlib.util.spec_from_file_location(f"_trackmux_{plugin}_reader", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_hosted_backend_received_every_metric_offline(trackmux_env):
+    """Issue 5's check: wandb, comet_ml, neptune and clearml together and offline, each read
+    back from its offline files and compared with the jsonl log of the same run."""
+    names = ["jsonl", "wandb", "comet_ml", "neptune", "clearml"]
+    trainer = run_training(trackmux_env / "out", report_to=names)
+    trackers = {tracker.name: tracker for tracker in trainer.trackers.trackers}
+    assert sorted(trackers) == sorted(names)
+    expected = read_run(find_runs(trackmux_env / "out")[-1]).metrics
+    wandb_runs = _plugin_tests("wandb", "test_wandb.py").read_runs(trackmux_env / "out")
+    clearml = _plugin_tests("clearml", "test_clearml.py")
+    received = {
+        "wandb": wandb_runs[trackers["wandb"].run.id].metrics(),
+        "comet_ml": _plugin_tests("comet", "test_comet.py")
+        .read_experiments(trackmux_env / "out" / "comet")
+        .metrics,
+        "neptune": {
+            name: points
+            for run in _plugin_tests("neptune", "test_neptune.py").offline_runs(
+                trackers["neptune"].data_directory
+            )
+            for name, points in run.series.items()
+        },
+        "clearml": clearml.read_session(trackers["clearml"].task.get_offline_mode_folder())[
+            "metrics"
+        ],
+    }
+    for backend, metrics in received.items():
+        for name, history in expected.items():
+            got = metrics.get(name)
+            assert got is not None, f"{backend} has no {name!r}; it has {sorted(metrics)}"
+            assert [s for s, _ in got] == [s for s, _ in history], f"{backend}: steps of {name}"
+            for (_, value), (_, want) in zip(got, history):
+                assert value == pytest.approx(want, rel=1e-6), f"{backend}: {name}"
