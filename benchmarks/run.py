@@ -51,7 +51,7 @@ QUIET_ENV = {
     "WANDB_SILENT": "true",
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     "CODECARBON_COUNTRY_ISO_CODE": "USA",
-    "CODECARBON_LOG_LEVEL": "warning",
+    "CODECARBON_LOG_LEVEL": "error",
     "TRACKMUX_VERBOSITY": "warning",
 }
 QUICK = {"repeats": 3, "steps": {"tiny": 200, "medium": 20}, "startup_runs": 3}

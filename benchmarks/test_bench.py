@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import time
 
 import pytest
 import run
@@ -14,10 +16,11 @@ from contenders import (
     build_contenders,
     plain_model,
     run_trackmux,
+    settle,
     trackmux_model,
 )
 
-from trackmux import Tracker
+from trackmux import Tracker, Trainer, TrainerCallback, TrainingArguments
 from trackmux.plugins import PluginRegistry
 from trackmux.trackers.jsonl import JsonlTracker
 
@@ -42,6 +45,45 @@ def test_slow_tracker_does_not_hold_the_loop(tmp_path):
     assert result.per_step < SLOW_TRACKER_DELAY / 2
     # one record per step plus the training summary, none dropped
     assert result.info["delivered"] == result.info["logged"] == window.total + 1
+
+
+def test_settle_waits_for_a_trackers_start(tmp_path):
+    class SlowStart(Tracker):
+        name = "slow-start"
+        started = False
+
+        def start(self, run):
+            time.sleep(0.3)
+            self.started = True
+
+        def log_metrics(self, metrics, step, epoch=None):
+            pass
+
+        def finish(self, status):
+            pass
+
+    tracker = SlowStart()
+    seen = []
+
+    class Check(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                seen.append(tracker.started)
+                settle(trainer)
+                seen.append(tracker.started)
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), report_to="none", max_steps=2, save_strategy="no"
+    )
+    trainer = Trainer(
+        TASKS["tiny"].model(),
+        args,
+        train_dataset=TASKS["tiny"].dataset(2),
+        callbacks=[Check()],
+        trackers=[tracker],
+    )
+    trainer.train()
+    assert seen == [False, True]
 
 
 def _tracker(name: str):
@@ -123,6 +165,7 @@ def test_run_writes_results(tmp_path, capsys):
     assert rows[1, "slow-tracker"]["slow_tracker"]["all_delivered"]
     assert results["equivalence"]["tiny"]["same"]
     assert results["machine"]["torch_threads"] == 1
+    assert (out / "results.png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
     table = capsys.readouterr().out
     assert "trackmux-none" in table and "slow-tracker" in table
 
