@@ -5,19 +5,13 @@ DagsHub authenticates. Started once per session: it takes ~15-20 s to come up.""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 import pytest
 
-STARTUP_TIMEOUT = 90.0
+from trackmux_mlflow.testing import free_port
+from trackmux_mlflow.testing import mlflow_server as running_server
+
 OWNER = "trackmux-ci"
 NAME = "toy-repo"
 TOKEN = "dagshub-test-token-0123456789"
@@ -37,34 +31,6 @@ class Repository:
     @property
     def uri(self) -> str:
         return f"{self.host}/{self.owner}/{self.name}.mlflow"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
-def _stop(process: subprocess.Popen) -> None:
-    # the server forks a uvicorn child: signal the whole group it leads
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _auth_database(root) -> str:
@@ -90,7 +56,7 @@ def _auth_database(root) -> str:
 @pytest.fixture(scope="session")
 def dagshub_repo(tmp_path_factory) -> Repository:
     root = tmp_path_factory.mktemp("dagshub-server")
-    port = _free_port()
+    port = free_port()
     repository = Repository(f"http://127.0.0.1:{port}", OWNER, NAME, TOKEN)
     auth_config = root / "basic_auth.ini"
     auth_config.write_text(
@@ -102,35 +68,18 @@ def dagshub_repo(tmp_path_factory) -> Repository:
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
         encoding="utf-8",
     )
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed at teardown
-    command = [
-        *(sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth"),
-        *("--static-prefix", f"/{OWNER}/{NAME}.mlflow"),
-        *("--backend-store-uri", f"sqlite:///{root / 'server.db'}"),
-        *("--artifacts-destination", str(root / "artifacts")),
-        *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-    ]
     env = {
-        **os.environ,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
         "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "trackmux-tests-only",
         # mlflow 3 starts a background job runner otherwise: a process these tests never use
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not _healthy(repository.uri):
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                tail = (root / "server.log").read_text(errors="replace")[-3000:]
-                pytest.fail(f"mlflow server did not answer {repository.uri}/health:\n{tail}")
-            time.sleep(0.5)
+    prefix = f"/{OWNER}/{NAME}.mlflow"
+    with running_server(
+        root,
+        port=port,
+        args=("--app-name", "basic-auth", "--static-prefix", prefix),
+        env=env,
+        health_path=prefix,
+    ):
         yield repository
-    finally:
-        _stop(process)
-        log.close()
