@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from trackmux.delivery import TrackerError
-from trackmux.testing import RunData, TrackerConformance, jsonl_log, run_training
+from trackmux.testing import (
+    RunData,
+    TrackerConformance,
+    hidden_backend_report,
+    jsonl_log,
+    run_training,
+)
 from trackmux.testing.conformance import HYPERPARAMETERS, TRAINING_DEFAULTS
 from trackmux.tracker import RunInfo
 from trackmux_comet.tracker import CometTracker
@@ -470,34 +476,6 @@ def test_import_and_discovery_load_neither_comet_ml_nor_torch(tmp_path):
     assert json.loads(output) == {"available": True, "mode": "offline", "heavy": []}
 
 
-# The distribution metadata is changed before trackmux looks at it, then the real entry point
-# is discovered and report_to resolved, as in a fresh process where comet_ml is missing.
-_WITHOUT_COMET = """
-import importlib.metadata, json, sys
-real_version = importlib.metadata.version
-def version(name):
-    if name.replace("-", "_").lower() == "comet_ml":
-        if sys.argv[1] == "missing":
-            raise importlib.metadata.PackageNotFoundError(name)
-        return "3.40.0"
-    return real_version(name)
-importlib.metadata.version = version
-
-from trackmux.plugins import get_registry
-from trackmux.report_to import ReportToError, resolve
-info = get_registry().get("comet_ml")
-try:
-    resolve(["comet_ml"], get_registry())
-    error = None
-except ReportToError as raised:
-    error = str(raised)
-skipped = dict(resolve("all", get_registry()).skipped)
-print(json.dumps({"status": info.status, "reason": info.reason, "fix": info.fix,
-                  "error": error, "skipped": skipped.get("comet_ml"),
-                  "imported": "comet_ml" in sys.modules}))
-"""
-
-
 @pytest.mark.parametrize(
     "case, reason",
     [
@@ -507,10 +485,9 @@ print(json.dumps({"status": info.status, "reason": info.reason, "fix": info.fix,
     ids=["missing", "too-old"],
 )
 def test_reports_itself_unavailable_without_a_usable_comet_ml(case, reason):
-    output = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_COMET, case], capture_output=True, text=True, check=True
-    ).stdout
-    report = json.loads(output)
+    report = hidden_backend_report(
+        "comet_ml", "comet_ml", "comet_ml", version=None if case == "missing" else "3.40.0"
+    )
     assert report["status"] == "unavailable"
     assert report["reason"].startswith(reason), report["reason"]
     assert report["fix"] == 'pip install "comet_ml>=3.43.2"'

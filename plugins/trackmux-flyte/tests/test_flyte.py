@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from trackmux.testing import TrackerConformance, jsonl_log, run_training
+from trackmux.testing import TrackerConformance, hidden_backend_report, jsonl_log, run_training
 from trackmux.testing.pytest_plugin import BACKEND_ENV_VARS
 from trackmux_flyte.tracker import (
     ARTIFACTS_ENV,
@@ -352,34 +352,6 @@ def test_import_discovery_and_all_load_neither_flytekit_nor_torch():
     }
 
 
-# The distribution metadata is changed before trackmux looks at it, then the real entry point
-# is discovered and report_to resolved, as in a fresh process where flytekit is missing.
-_WITHOUT_FLYTEKIT = """
-import importlib.metadata, json, sys
-real_version = importlib.metadata.version
-def version(name):
-    if name == "flytekit":
-        if sys.argv[1] == "missing":
-            raise importlib.metadata.PackageNotFoundError(name)
-        return "1.15.3"
-    return real_version(name)
-importlib.metadata.version = version
-
-from trackmux.plugins import get_registry
-from trackmux.report_to import ReportToError, resolve
-info = get_registry().get("flyte")
-try:
-    resolve(["flyte"], get_registry())
-    error = None
-except ReportToError as raised:
-    error = str(raised)
-skipped = dict(resolve("all", get_registry()).skipped)
-print(json.dumps({"status": info.status, "reason": info.reason, "fix": info.fix,
-                  "error": error, "skipped": skipped.get("flyte"),
-                  "imported": "flytekit" in sys.modules}))
-"""
-
-
 @pytest.mark.parametrize(
     "case, reason",
     [
@@ -389,13 +361,9 @@ print(json.dumps({"status": info.status, "reason": info.reason, "fix": info.fix,
     ids=["missing", "too-old"],
 )
 def test_reports_itself_unavailable_without_a_usable_flytekit(case, reason):
-    output = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_FLYTEKIT, case],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    report = json.loads(output)
+    report = hidden_backend_report(
+        "flyte", "flytekit", "flytekit", version=None if case == "missing" else "1.15.3"
+    )
     assert report["status"] == "unavailable"
     assert report["reason"].startswith(reason)
     assert report["fix"] == 'pip install "flytekit>=1.16"'

@@ -13,7 +13,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from trackmux import TrainerCallback
-from trackmux.testing import RunData, TrackerConformance, jsonl_log, run_training
+from trackmux.testing import (
+    RunData,
+    TrackerConformance,
+    hidden_backend_report,
+    jsonl_log,
+    run_training,
+)
 from trackmux.testing.conformance import HYPERPARAMETERS, TRAINING_DEFAULTS
 from trackmux_tensorboard.tracker import LOGGING_DIR_ENV, TensorBoardTracker
 
@@ -225,34 +231,6 @@ def test_import_and_discovery_load_neither_tensorboard_nor_torch():
     assert json.loads(output) == {"available": True, "heavy": []}
 
 
-# The distribution metadata is changed before trackmux looks at it, then the real entry point
-# is discovered and report_to resolved, as in a fresh process where tensorboard is missing.
-_WITHOUT_TENSORBOARD = """
-import importlib.metadata, json, sys
-real_version = importlib.metadata.version
-def version(name):
-    if name == "tensorboard":
-        if sys.argv[1] == "missing":
-            raise importlib.metadata.PackageNotFoundError(name)
-        return "2.9.1"
-    return real_version(name)
-importlib.metadata.version = version
-
-from trackmux.plugins import get_registry
-from trackmux.report_to import ReportToError, resolve
-info = get_registry().get("tensorboard")
-try:
-    resolve(["tensorboard"], get_registry())
-    error = None
-except ReportToError as raised:
-    error = str(raised)
-skipped = dict(resolve("all", get_registry()).skipped)
-print(json.dumps({"status": info.status, "reason": info.reason, "fix": info.fix,
-                  "error": error, "skipped": skipped.get("tensorboard"),
-                  "imported": "tensorboard" in sys.modules}))
-"""
-
-
 @pytest.mark.parametrize(
     "case, reason",
     [
@@ -262,13 +240,9 @@ print(json.dumps({"status": info.status, "reason": info.reason, "fix": info.fix,
     ids=["missing", "too-old"],
 )
 def test_reports_itself_unavailable_without_a_usable_tensorboard(case, reason):
-    output = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_TENSORBOARD, case],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    report = json.loads(output)
+    report = hidden_backend_report(
+        "tensorboard", "tensorboard", "tensorboard", version=None if case == "missing" else "2.9.1"
+    )
     assert report["status"] == "unavailable"
     assert report["reason"].startswith(reason)
     assert report["fix"] == 'pip install "tensorboard>=2.10"'

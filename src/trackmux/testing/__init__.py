@@ -10,6 +10,7 @@ _LAZY = {
     "TrackerConformance": "trackmux.testing.conformance",
     "run_training": "trackmux.testing.conformance",
     "StopAt": "trackmux.testing.conformance",
+    "hidden_backend_report": "trackmux.testing.conformance",
     "jsonl_log": "trackmux.testing.conformance",
     "RegressionDataset": "trackmux.testing.toy",
     "TinyRegressor": "trackmux.testing.toy",

@@ -304,3 +304,49 @@ def _info_for(tracker_class):
         status=AVAILABLE,
         tracker_class=tracker_class,
     )
+
+
+_HIDDEN_BACKEND = """
+import importlib.metadata, json, sys
+name, distribution, module, version = sys.argv[1:5]
+real_version = importlib.metadata.version
+def patched(requested):
+    if requested.replace("-", "_").lower() == distribution.replace("-", "_").lower():
+        if version == "missing":
+            raise importlib.metadata.PackageNotFoundError(requested)
+        return version
+    return real_version(requested)
+importlib.metadata.version = patched
+
+from trackmux.plugins import get_registry
+from trackmux.report_to import ReportToError, resolve
+info = get_registry().get(name)
+try:
+    resolve([name], get_registry())
+    error = None
+except ReportToError as raised:
+    error = str(raised)
+skipped = dict(resolve("all", get_registry()).skipped)
+print(json.dumps({"status": info.status, "reason": info.reason, "fix": info.fix,
+                  "error": error, "skipped": skipped.get(name),
+                  "imported": module in sys.modules}))
+"""
+
+
+def hidden_backend_report(name: str, distribution: str, module: str, version=None) -> dict:
+    """How an installed plugin reports itself when its backend is missing (``version`` None)
+    or installed at ``version``: in a fresh process whose distribution metadata says so, the
+    real entry point is discovered and report_to resolved. Returns the plugin's status,
+    reason and fix, the ReportToError an explicit ``report_to=[name]`` raises, why "all"
+    skips it, and whether the backend module got imported (it must not)."""
+    import json
+    import subprocess
+    import sys
+
+    output = subprocess.run(
+        [sys.executable, "-c", _HIDDEN_BACKEND, name, distribution, module, version or "missing"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(output)
