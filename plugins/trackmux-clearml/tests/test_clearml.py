@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trackmux.testing import RunData, TrackerConformance, jsonl_log, run_training
+from trackmux.testing import RunData, TrackerConformance, discovery_report, jsonl_log, run_training
 from trackmux.testing.conformance import StopAt
 from trackmux.tracker import RunInfo
 from trackmux_clearml.tracker import (
@@ -411,22 +411,9 @@ def test_offline_makes_no_network_call(trackmux_env, monkeypatch):
     assert [a for a in connected if not (isinstance(a, tuple) and a[0] == "127.0.0.1")] == []
 
 
-_DISCOVERY = """
-import json, sys
-import trackmux_clearml
-from trackmux.plugins import get_registry
-info = get_registry(refresh=True).get("clearml")
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("clearml", "torch"))
-print(json.dumps({"available": info.available, "distribution": info.distribution,
-                  "mode": info.mode(), "heavy": heavy}))
-"""
-
-
 def test_import_and_discovery_load_neither_clearml_nor_torch():
-    output = subprocess.run(
-        [sys.executable, "-c", _DISCOVERY], capture_output=True, text=True, check=True
-    ).stdout
-    assert json.loads(output) == {
+    report = discovery_report("clearml", "trackmux_clearml", ("clearml", "torch"))
+    assert {key: report[key] for key in ("available", "distribution", "mode", "heavy")} == {
         "available": True,
         "distribution": "trackmux-clearml",
         "mode": "offline",

@@ -17,6 +17,7 @@ from trackmux.delivery import TrackerError
 from trackmux.testing import (
     RunData,
     TrackerConformance,
+    discovery_report,
     hidden_backend_report,
     jsonl_log,
     run_training,
@@ -452,28 +453,13 @@ def test_a_fresh_offline_run_is_silent_and_makes_no_network_call(tmp_path):
     assert notice.endswith(f"comet upload {next((tmp_path / 'out' / 'comet').glob('*.zip'))}")
 
 
-_HEAVY_MODULES = """
-import json, sys
-import trackmux_comet
-from trackmux.plugins import get_registry
-info = get_registry(refresh=True).get("comet_ml")
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "comet_ml"))
-print(json.dumps({"available": info.available, "mode": info.mode(), "heavy": heavy}))
-"""
-
-
 def test_import_and_discovery_load_neither_comet_ml_nor_torch(tmp_path):
     env = {name: value for name, value in os.environ.items() if not name.startswith("COMET_")}
     env["HOME"] = str(tmp_path)
-    output = subprocess.run(
-        [sys.executable, "-c", _HEAVY_MODULES],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=tmp_path,
-        env=env,
-    ).stdout
-    assert json.loads(output) == {"available": True, "mode": "offline", "heavy": []}
+    report = discovery_report(
+        "comet_ml", "trackmux_comet", ("torch", "comet_ml"), env=env, cwd=tmp_path
+    )
+    assert (report["available"], report["mode"], report["heavy"]) == (True, "offline", [])
 
 
 @pytest.mark.parametrize(

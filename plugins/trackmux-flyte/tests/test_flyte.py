@@ -20,7 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from trackmux.testing import TrackerConformance, hidden_backend_report, jsonl_log, run_training
+from trackmux.testing import (
+    TrackerConformance,
+    discovery_report,
+    hidden_backend_report,
+    jsonl_log,
+    run_training,
+)
 from trackmux.testing.pytest_plugin import BACKEND_ENV_VARS
 from trackmux_flyte.tracker import (
     ARTIFACTS_ENV,
@@ -328,24 +334,10 @@ class TestFlyteConformance(TrackerConformance):
 
 # -- import and availability -----------------------------------------------------------------
 
-_HEAVY_MODULES = """
-import json, sys
-import trackmux_flyte
-from trackmux.plugins import get_registry
-from trackmux.report_to import resolve
-registry = get_registry(refresh=True)
-info = registry.get("flyte")
-skipped = dict(resolve("all", registry).skipped).get("flyte")
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "flytekit", "flyteidl"))
-print(json.dumps({"available": info.available, "skipped": skipped, "heavy": heavy}))
-"""
-
 
 def test_import_discovery_and_all_load_neither_flytekit_nor_torch():
-    output = subprocess.run(
-        [sys.executable, "-c", _HEAVY_MODULES], capture_output=True, text=True, check=True
-    ).stdout
-    assert json.loads(output) == {
+    report = discovery_report("flyte", "trackmux_flyte", ("torch", "flytekit", "flyteidl"))
+    assert {key: report[key] for key in ("available", "skipped", "heavy")} == {
         "available": True,
         "skipped": f"not configured: {NOT_LOADED}",
         "heavy": [],

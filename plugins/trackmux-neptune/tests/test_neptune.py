@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from trackmux.testing import (
     StopAt,
     TinyRegressor,
     TrackerConformance,
+    discovery_report,
     hidden_backend_report,
     jsonl_log,
     run_training,
@@ -397,21 +396,9 @@ def test_names_neptune_cannot_take_are_cleaned():
     assert tracker.sanitize_name("/") == "_"
 
 
-_HEAVY_MODULES = """
-import json, sys
-import trackmux_neptune
-from trackmux.plugins import get_registry
-info = get_registry(refresh=True).get("neptune")
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "neptune", "pandas"))
-print(json.dumps({"available": info.available, "heavy": heavy}))
-"""
-
-
 def test_import_and_discovery_load_neither_neptune_nor_torch():
-    output = subprocess.run(
-        [sys.executable, "-c", _HEAVY_MODULES], capture_output=True, text=True, check=True
-    ).stdout
-    assert json.loads(output) == {"available": True, "heavy": []}
+    report = discovery_report("neptune", "trackmux_neptune", ("torch", "neptune", "pandas"))
+    assert (report["available"], report["heavy"]) == (True, [])
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,7 @@ own EventAccumulator."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -16,6 +13,7 @@ from trackmux import TrainerCallback
 from trackmux.testing import (
     RunData,
     TrackerConformance,
+    discovery_report,
     hidden_backend_report,
     jsonl_log,
     run_training,
@@ -214,21 +212,9 @@ def test_evaluate_after_train_writes_into_the_same_run(trackmux_env):
     assert texts(events, "status") == ["success", "success"]
 
 
-_HEAVY_MODULES = """
-import json, sys
-import trackmux_tensorboard
-from trackmux.plugins import get_registry
-info = get_registry(refresh=True).get("tensorboard")
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorboard"))
-print(json.dumps({"available": info.available, "heavy": heavy}))
-"""
-
-
 def test_import_and_discovery_load_neither_tensorboard_nor_torch():
-    output = subprocess.run(
-        [sys.executable, "-c", _HEAVY_MODULES], capture_output=True, text=True, check=True
-    ).stdout
-    assert json.loads(output) == {"available": True, "heavy": []}
+    report = discovery_report("tensorboard", "trackmux_tensorboard", ("torch", "tensorboard"))
+    assert (report["available"], report["heavy"]) == (True, [])
 
 
 @pytest.mark.parametrize(

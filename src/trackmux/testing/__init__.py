@@ -11,6 +11,7 @@ _LAZY = {
     "run_training": "trackmux.testing.conformance",
     "StopAt": "trackmux.testing.conformance",
     "hidden_backend_report": "trackmux.testing.conformance",
+    "discovery_report": "trackmux.testing.conformance",
     "jsonl_log": "trackmux.testing.conformance",
     "RegressionDataset": "trackmux.testing.toy",
     "TinyRegressor": "trackmux.testing.toy",

@@ -350,3 +350,38 @@ def hidden_backend_report(name: str, distribution: str, module: str, version=Non
         check=True,
     ).stdout
     return json.loads(output)
+
+
+_DISCOVERY = """
+import json, sys
+name, package, roots = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+__import__(package)
+from trackmux.plugins import get_registry
+from trackmux.report_to import resolve
+registry = get_registry(refresh=True)
+info = registry.get(name)
+skipped = dict(resolve("all", registry).skipped).get(name)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in roots)
+print(json.dumps({"available": info.available, "distribution": info.distribution,
+                  "mode": info.mode(), "skipped": skipped, "heavy": heavy}))
+"""
+
+
+def discovery_report(name: str, package: str, heavy, env=None, cwd=None) -> dict:
+    """In a fresh process: import the plugin ``package``, discover plugins and resolve
+    ``report_to="all"``. Returns whether ``name`` is available, its distribution and mode,
+    why "all" skips it (or None), and which of the ``heavy`` top-level modules got imported
+    (a plugin's discovery must import none: not torch, not its backend)."""
+    import json
+    import subprocess
+    import sys
+
+    output = subprocess.run(
+        [sys.executable, "-c", _DISCOVERY, name, package, ",".join(heavy)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=cwd,
+    ).stdout
+    return json.loads(output)
