@@ -33,6 +33,8 @@ _LAZY = {
     "hookimpl": "trackmux.hookspecs",
     "hookspec": "trackmux.hookspecs",
     "read_run": "trackmux.runlog",
+    "start_run": "trackmux.run",
+    "Run": "trackmux.run",
 }
 
 __all__ = ["__version__", *_LAZY]

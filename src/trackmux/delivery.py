@@ -17,7 +17,10 @@ logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 3
 #: seconds the loop waits on a full queue before it warns
 STALL_WARNING_AFTER = 5.0
+#: most metrics records handed to a tracker in one ``log_metrics_batch`` call
+MAX_BATCH = 1000
 _STOP = object()
+_RECORDS = ("log_metrics", "log_summary", "log_params", "log_artifact")
 
 
 class TrackerError(RuntimeError):
@@ -45,6 +48,7 @@ class TrackerWorker:
         tracker: Tracker,
         queue_size: int = 10000,
         strict: bool = False,
+        on_stall=None,
     ):
         self.tracker = tracker
         self.name = tracker.name or type(tracker).__name__
@@ -58,6 +62,17 @@ class TrackerWorker:
         self._abandoned = False
         self.stalls = 0
         self.stalled_seconds = 0.0
+        #: called on the loop thread as ``on_stall(worker, waiting)`` when the loop starts
+        #: (True) and stops (False) waiting for room in this tracker's queue
+        self.on_stall = on_stall
+        # the hub's accounting: what this tracker costs and how far behind it gets
+        self.busy_seconds = 0.0
+        self.max_pending = 0
+        self.submitted = 0
+        self.delivered = 0
+        self.failed_calls = 0
+        self.abandoned = 0
+        self.batch_window = tracker.batch_window_seconds()
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         if not tracker.synchronous:
@@ -78,18 +93,25 @@ class TrackerWorker:
         if self.disabled and not self._closes_anyway(method):
             return
         if self._queue is None:
-            self._call(method, arguments)
+            self._call(method, arguments, int(method in _RECORDS))
             self.raise_if_failed()
             return
+        if method in _RECORDS:
+            self.submitted += 1
         item = (method, arguments)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
             self._wait_for_room(item)
+        depth = self._queue.qsize()
+        if depth > self.max_pending:
+            self.max_pending = depth
 
     def _wait_for_room(self, item) -> None:
         began = time.monotonic()
         self.stalls += 1
+        if self.on_stall is not None:
+            self.on_stall(self, True)
         try:
             self._queue.put(item, timeout=STALL_WARNING_AFTER)
         except queue.Full:
@@ -105,7 +127,25 @@ class TrackerWorker:
                     break
                 except queue.Full:
                     continue
-        self.stalled_seconds += time.monotonic() - began
+        finally:
+            self.stalled_seconds += time.monotonic() - began
+            if self.on_stall is not None:
+                self.on_stall(self, False)
+
+    def figures(self) -> dict:
+        """What this tracker cost the run: seconds in its calls, seconds the loop waited on
+        its full queue, its largest queue depth, records submitted and delivered."""
+        return {
+            "busy_s": round(self.busy_seconds, 6),
+            "waited_s": round(self.stalled_seconds, 6),
+            "stalls": self.stalls,
+            "max_queue": self.max_pending,
+            "records": self.submitted,
+            "delivered": self.delivered,
+            "failures": self.failed_calls,
+            "disabled": self.disabled,
+            "abandoned": self.abandoned,
+        }
 
     def prepare(self, run) -> bool:
         """Run the tracker's ``prepare`` on the loop thread; False (and disabled) if it failed."""
@@ -159,6 +199,7 @@ class TrackerWorker:
                 timeout,
                 self.pending,
             )
+            self.abandoned = sum(1 for method, _ in _snapshot(self._queue) if method in _RECORDS)
             self.disabled = True
             self._abandoned = True
 
@@ -175,31 +216,67 @@ class TrackerWorker:
     # -- worker side ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
+        item = self._queue.get()
+        while item is not _STOP:
             method, arguments = item
+            if method == "log_metrics":
+                records, item = self._gather(arguments)
+                if not self.disabled:
+                    self._call("log_metrics_batch", (records,), len(records))
+                if item is None:
+                    item = self._queue.get()
+                continue
             if method == "flush":
                 if not self.disabled:
                     self._call("flush", ())
                 arguments[0].done.set()
             elif not self.disabled or self._closes_anyway(method):
-                self._call(method, arguments)
+                self._call(method, arguments, int(method in _RECORDS))
+            item = self._queue.get()
 
-    def _call(self, method: str, arguments) -> None:
+    def _gather(self, first) -> tuple[list, object]:
+        """``first`` and the metrics records right behind it: those already queued, and
+        those arriving within the tracker's batch window (a backend call per record costs
+        more than one per batch). Returns them with the item that ended the batch, if any."""
+        records = [_as_record(first)]
+        deadline = time.monotonic() + self.batch_window
+        while len(records) < MAX_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return records, None
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    return records, None
+            if item is _STOP or item[0] != "log_metrics":
+                return records, item
+            records.append(_as_record(item[1]))
+        return records, None
+
+    def _call(self, method: str, arguments, records: int = 0) -> None:
+        began = time.perf_counter()
         try:
             result = getattr(self.tracker, method)(*arguments)
         except Exception as error:
-            self._failed(method, error)
+            # a batch is the tracker's log_metrics to its author and to the user
+            name = "log_metrics" if method == "log_metrics_batch" else method
+            self._failed(name, error, max(1, records))
             return
+        finally:
+            self.busy_seconds += time.perf_counter() - began
+        self.delivered += records
         self.failures = 0
         if method == "start":
             self.started = True
             self.identity = result if isinstance(result, dict) else None
 
-    def _failed(self, method: str, error: Exception) -> None:
-        self.failures += 1
+    def _failed(self, method: str, error: Exception, records: int = 1) -> None:
+        # a failed batch counts each record it held, as if they had come one by one
+        self.failures += records
+        self.failed_calls += records
         if self.strict and self.error is None:
             self.error = error
         if not self.reported:
@@ -222,3 +299,13 @@ class TrackerWorker:
                 if method in ("prepare", "start")
                 else f"{self.failures} failures in a row",
             )
+
+
+def _snapshot(pending: queue.Queue) -> list:
+    with pending.mutex:
+        return [item for item in pending.queue if item is not _STOP]
+
+
+def _as_record(arguments: tuple) -> tuple:
+    # defer("log_metrics", values, step) may leave the epoch out
+    return arguments if len(arguments) == 3 else (*arguments, None)

@@ -79,6 +79,9 @@ class Tracker:
     max_param_value_length: ClassVar[int | None] = None
     #: environment variable that sets this tracker's artifact policy (e.g. HF_MLFLOW_LOG_ARTIFACTS)
     artifacts_env: ClassVar[str | None] = None
+    #: seconds the worker waits for more metrics records before one ``log_metrics_batch``
+    #: call (0: hand over what is queued at once); the ``batch_window`` setting overrides it
+    batch_window: ClassVar[float] = 0.0
 
     def __init__(self, **settings):
         self.settings = settings
@@ -132,6 +135,15 @@ class Tracker:
             f"{', '.join(ARTIFACT_POLICIES)} (or true/false)"
         )
 
+    def batch_window_seconds(self) -> float:
+        """The batch window in seconds (the ``batch_window`` setting, else the class's)."""
+        value = self.setting("batch_window", type(self).batch_window, cast=float)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ValueError(
+                f"{self.name}: batch_window={value!r} must be a number of seconds >= 0"
+            )
+        return float(value)
+
     @classmethod
     def unconfigured_reason(cls) -> str | None:
         """Why this tracker should not be picked by ``report_to="all"`` (say, no workspace
@@ -172,6 +184,32 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None = None):
         """Record numeric ``metrics`` (names like ``train/loss``) at the global ``step``."""
         raise NotImplementedError(f"{type(self).__name__} must implement log_metrics()")
+
+    def log_metrics_batch(self, records: list[tuple[dict[str, float], int, float | None]]):
+        """Several ``(metrics, step, epoch)`` records at once, oldest first: what queued up
+        while the backend was busy, or within :attr:`batch_window`. Override when the
+        backend takes many points in one call; by default each goes to :meth:`log_metrics`."""
+        for metrics, step, epoch in records:
+            self.log_metrics(metrics, step, epoch)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params added after :meth:`start` (``run.log_params`` in a plain loop, a Lightning
+        ``log_hyperparams`` after the first metrics), flat and redacted like the config.
+        Override when the backend can add params to an open run; by default they are left
+        out of this backend with one warning (the jsonl run log keeps them)."""
+        if not getattr(self, "_warned_late_params", False):
+            self._warned_late_params = True
+            logger.warning(
+                "%s: cannot add params to a run after it started; %s left out of this "
+                "tracker (log them before the first metrics to have them everywhere)",
+                self.name,
+                ", ".join(sorted(params)) or "none",
+            )
+
+    def log_delivery(self, report: dict[str, dict[str, Any]]) -> None:
+        """At the end of a run, before :meth:`finish` of a ``synchronous`` tracker: what
+        every tracker cost (seconds in its calls, the loop's waits, largest queue depth,
+        records delivered). The jsonl run log records it."""
 
     def log_summary(self, metrics: dict[str, float], step: int) -> None:
         """End-of-training values (``train/train_runtime``, ``train/train_loss``...);

@@ -353,6 +353,18 @@ class ProgressCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._close_training_bar()
 
+    def show_tracker_wait(self, tracker: str | None, pending: int) -> None:
+        """Back-pressure, visible: while the loop waits for room in ``tracker``'s queue the
+        bar says so; ``tracker=None`` when the wait is over."""
+        if self.training_bar is None:
+            return
+        if tracker is None:
+            self.training_bar.set_description_str("", refresh=True)
+        else:
+            self.training_bar.set_description_str(
+                f"waiting for tracker {tracker} ({pending} queued)", refresh=True
+            )
+
     def on_exception(self, args, state, control, **kwargs):
         self._close_prediction_bar()
         self._close_training_bar()

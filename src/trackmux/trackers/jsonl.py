@@ -61,6 +61,12 @@ class JsonlTracker(Tracker):
     def log_metrics(self, metrics, step, epoch=None):
         self._write({"type": "metrics", "step": step, "epoch": epoch, "metrics": metrics})
 
+    def log_params(self, params):
+        self._write({"type": "params", "params": params})
+
+    def log_delivery(self, report):
+        self._write({"type": "delivery", "trackers": report})
+
     def log_summary(self, metrics, step):
         self._write({"type": "summary", "step": step, "metrics": metrics})
 

@@ -1,0 +1,421 @@
+"""One tracker run, and ``trackmux.start_run`` for loops that are not a trackmux Trainer.
+
+A :class:`Run` owns the trackers of one run and one :class:`~trackmux.delivery.TrackerWorker`
+each: it opens them with a name and a config, fans every record out to them under the names
+each backend accepts, and closes them with a status. The Trainer's hub opens one per session;
+``start_run`` hands one to a plain loop (or to the Hugging Face and Lightning adapters), so
+every caller gets the same asynchronous delivery, error isolation and redaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from ._logging import ensure_default_handler
+from .delivery import TrackerError, TrackerWorker
+from .tracker import FAILED, KILLED, STATUSES, SUCCESS, RunInfo, Tracker
+from .values import MetricFilter, flatten, redact
+
+logger = logging.getLogger(__name__)
+
+
+def choose_trackers(
+    report_to,
+    tracker_config: dict | None = None,
+    explicit: list | tuple = (),
+    *,
+    main: bool = True,
+    owner: str = "TrainingArguments",
+) -> tuple[list[Tracker], str]:
+    """Resolve ``report_to`` (raising ReportToError for a name that cannot run) into tracker
+    objects built with their ``tracker_config`` settings, plus ``explicit`` Tracker instances;
+    on a process other than the main one only trackers that opted in (``all_ranks``).
+    Returns the trackers, the local run log first, and the one-line summary of the choice."""
+    from .plugins import get_registry
+    from .report_to import resolve
+
+    for tracker in explicit:
+        if not isinstance(tracker, Tracker):
+            raise TypeError(f"trackers=[...]: {tracker!r} is not a trackmux.Tracker instance")
+    explicit_names = {tracker.name for tracker in explicit}
+    selection = resolve(report_to, get_registry(), explicit_names)
+    config = dict(tracker_config or {})
+    trackers = []
+    for info in selection.chosen:
+        settings = config.pop(info.name, None) or {}
+        if main or info.tracker_class.all_ranks:
+            trackers.append(info.tracker_class(**settings))
+    for name in config:
+        if name in explicit_names:
+            logger.warning(
+                "tracker_config[%r] is ignored: the %r tracker passed in trackers=[...] "
+                "takes its settings from its constructor",
+                name,
+                name,
+            )
+        else:
+            logger.warning(
+                "tracker_config has settings for %r, which is not among the chosen trackers "
+                "(%s.report_to=%r)",
+                name,
+                owner,
+                report_to,
+            )
+    trackers += [tracker for tracker in explicit if main or tracker.all_ranks]
+    # the local run log goes first: it is written before any other tracker sees a record
+    trackers.sort(key=lambda tracker: tracker.name != "jsonl")
+    return trackers, selection.summary(explicit)
+
+
+def generated_run_name() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+class Run:
+    """The trackers of one run. Records go to every tracker through its own worker; a
+    tracker that fails is reported once and left behind, training never waits on one
+    (except on a full queue: back-pressure, nothing dropped)."""
+
+    def __init__(
+        self,
+        trackers: list[Tracker],
+        *,
+        name: str,
+        config: dict | None = None,
+        output_dir: str = ".",
+        kind: str = "train",
+        step: int = 0,
+        resume: dict[str, dict] | None = None,
+        args: Any = None,
+        queue_size: int = 10000,
+        strict: bool = False,
+        close_timeout: float = 30.0,
+        on_stall=None,
+    ):
+        self.trackers = list(trackers)
+        self.name = name
+        self.config = dict(config or {})
+        self.output_dir = output_dir
+        self.kind = kind
+        self.step = step
+        self.resume = dict(resume or {})
+        self.args = args
+        self.queue_size = queue_size
+        self.strict = strict
+        self.close_timeout = close_timeout
+        self.on_stall = on_stall
+        self.status: str | None = None
+        self.identities: dict[str, dict] = {}
+        self.workers: list[TrackerWorker] = []
+        self.filter = _AsGiven()
+        self._started = False
+        self._metric_names: dict[str, dict[str, str]] = {}
+
+    # -- opening -----------------------------------------------------------------------
+
+    def open(self, *, start: bool = True) -> Run:
+        """Create the workers and run each tracker's ``prepare`` on this thread; queue the
+        ``start`` calls now, or (``start=False``) on the first record, so params given
+        before it are part of the config every tracker starts with."""
+        ensure_default_handler()
+        for tracker in self.trackers:
+            worker = TrackerWorker(
+                tracker, queue_size=self.queue_size, strict=self.strict, on_stall=self.on_stall
+            )
+            self.workers.append(worker)
+            tracker._worker = worker
+            tracker.run_info = self._run_info(tracker)
+            worker.prepare(tracker.run_info)
+        if start:
+            self._start()
+        return self
+
+    def _run_info(self, tracker: Tracker) -> RunInfo:
+        return RunInfo(
+            name=self.name,
+            config=_prepare_config(tracker, self.config),
+            output_dir=self.output_dir,
+            resume=self.resume.get(tracker.name),
+            kind=self.kind,
+            step=self.step,
+            args=self.args,
+        )
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for worker in self.workers:
+            if worker.disabled:
+                continue
+            worker.submit("start", worker.tracker.run_info)
+
+    # -- records -----------------------------------------------------------------------
+
+    def log(self, metrics: dict, step: int | None = None, epoch: float | None = None) -> None:
+        """Record the numbers in ``metrics`` (names kept as given) at ``step``; without a
+        step, the one after the last logged (the first is ``step`` given at opening)."""
+        if step is None:
+            step = self.step
+        elif not isinstance(step, int) or isinstance(step, bool):
+            raise TypeError(f"Run.log(step={step!r}): step must be an int")
+        self.step = step + 1
+        numeric = self.filter.numeric(metrics)
+        if numeric:
+            self.log_metrics(numeric, step, epoch)
+
+    def log_metrics(self, metrics: dict, step: int, epoch: float | None = None) -> None:
+        """Deliver numbers already checked by the caller (the Trainer's hub)."""
+        self._start()
+        for worker in self.workers:
+            worker.submit("log_metrics", self._names_for(worker.tracker, metrics), step, epoch)
+
+    def log_summary(self, metrics: dict, step: int | None = None) -> None:
+        """End-of-run values (a runtime, a final score)."""
+        numeric = self.filter.numeric(metrics)
+        if not numeric:
+            return
+        self._start()
+        step = self.step if step is None else step
+        for worker in self.workers:
+            worker.submit("log_summary", self._names_for(worker.tracker, numeric), step)
+
+    def log_params(self, params: dict) -> None:
+        """Add to the run's config: before the first record, every tracker starts with it;
+        after, each tracker that can update its params receives them."""
+        if not isinstance(params, dict):
+            raise TypeError(f"Run.log_params({params!r}): params must be a dict")
+        self.config.update(params)
+        if not self._started:
+            for tracker in self.trackers:
+                if tracker.run_info is not None:
+                    tracker.run_info.config = _prepare_config(tracker, self.config)
+            return
+        for worker in self.workers:
+            worker.submit("log_params", _prepare_config(worker.tracker, params))
+
+    def log_artifact(self, path: str, kind: str = "model", step: int | None = None) -> None:
+        """Store the file or directory ``path`` in every tracker that stores artifacts."""
+        self._start()
+        step = self.step if step is None else step
+        for worker in self.workers:
+            if worker.tracker.stores_artifacts():
+                worker.submit("log_artifact", path, kind, step)
+
+    def deliver(self, worker: TrackerWorker, method: str, *arguments) -> None:
+        """One call for one tracker only (the Trainer's artifact policy picks trackers)."""
+        self._start()
+        worker.submit(method, *arguments)
+
+    def _names_for(self, tracker: Tracker, metrics: dict) -> dict:
+        """The metrics under the names the tracker's backend accepts (cached per name)."""
+        if type(tracker).sanitize_name is Tracker.sanitize_name and not tracker.max_name_length:
+            return metrics
+        names = self._metric_names.setdefault(tracker.name, {})
+        renamed = {}
+        for name, value in metrics.items():
+            clean = names.get(name)
+            if clean is None:
+                clean = names[name] = _limited_name(tracker, name)
+            renamed[clean] = value
+        return renamed
+
+    # -- flushing and closing ------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait (at most ``timeout`` s, default the close timeout) until every tracker has
+        made durable what it received; identities are known afterwards."""
+        timeout = self.close_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        for worker in self.workers:
+            worker.flush(max(0.0, deadline - time.monotonic()))
+        self._remember_identities()
+
+    def finish(self, status: str = SUCCESS) -> None:
+        """Close every tracker's run with ``status`` (success, failed, killed), waiting at
+        most the close timeout in all; a tracker still busy then is abandoned, with a
+        warning saying how many records it held."""
+        if status not in STATUSES:
+            raise ValueError(f"Run.finish(status={status!r}): status must be one of {STATUSES}")
+        if self.status is not None:
+            return
+        self.status = status
+        if not self.workers:
+            return
+        self._start()
+        self._remember_identities()
+        deadline = time.monotonic() + self.close_timeout
+        # the local run log closes last, so it records how every other tracker did
+        local = [w for w in self.workers if w.tracker.synchronous]
+        queued = [w for w in self.workers if not w.tracker.synchronous]
+        for worker in queued:
+            worker.request_flush()
+            worker.submit("finish", status)
+        for worker in queued:
+            worker.close(max(0.0, deadline - time.monotonic()))
+        report = self.delivery_report()
+        for worker in local:
+            worker.submit("log_delivery", report)
+            worker.submit("finish", status)
+        self._remember_identities()
+        _log_delivery_line(report)
+        for worker in self.workers:
+            worker.raise_if_failed()
+
+    def delivery_report(self) -> dict[str, dict]:
+        """Per tracker: seconds spent in its calls, the loop's waits on it, its largest
+        queue depth, records delivered and what it failed or abandoned."""
+        return {worker.name: worker.figures() for worker in self.workers}
+
+    def _remember_identities(self) -> None:
+        for worker in self.workers:
+            if worker.identity is not None:
+                self.identities[worker.tracker.name] = worker.identity
+
+    def where(self) -> list[tuple[str, str | None]]:
+        """(tracker name, where its data is) for each tracker."""
+        return [(tracker.name, safe_where(tracker)) for tracker in self.trackers]
+
+    # -- context manager ---------------------------------------------------------------
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.finish(SUCCESS)
+            return
+        status = KILLED if issubclass(kind, KeyboardInterrupt | SystemExit) else FAILED
+        try:
+            self.finish(status)
+        except TrackerError:  # never hide the error that ended the run
+            logger.exception("a tracker also failed while closing")
+
+    def __repr__(self) -> str:
+        names = ", ".join(tracker.name for tracker in self.trackers)
+        return f"<trackmux.Run {self.name!r} [{names}] {self.status or 'open'}>"
+
+
+def start_run(
+    report_to="all",
+    *,
+    config: dict | None = None,
+    output_dir: str = "trackmux_runs",
+    run_name: str | None = None,
+    trackers: list[Tracker] | None = None,
+    tracker_config: dict | None = None,
+    resume: dict[str, dict] | None = None,
+    step: int = 0,
+    kind: str = "train",
+    strict: bool | None = None,
+    queue_size: int = 10000,
+    close_timeout: float = 30.0,
+) -> Run:
+    """Open a run in the trackers ``report_to`` chooses, for any training loop.
+
+    Use it as a context manager: the run finishes with "success", "failed" (an exception,
+    re-raised unchanged) or "killed" (Ctrl-C, SystemExit). ``resume`` takes a previous run's
+    ``identities`` to continue those runs. ``strict`` (default: ``TRACKMUX_STRICT``) raises
+    the first tracker error instead of going on without the tracker.
+    """
+    import os
+
+    from .training_args import STRICT_ENV_VAR, TRUTHY_ENV_VALUES
+
+    if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
+        raise ValueError(f"start_run(queue_size={queue_size!r}): must be an int >= 1")
+    if not isinstance(close_timeout, int | float) or close_timeout <= 0:
+        raise ValueError(f"start_run(close_timeout={close_timeout!r}): must be a number > 0")
+    if resume is not None and not isinstance(resume, dict):
+        raise TypeError(
+            f"start_run(resume={resume!r}): pass the identities of a previous run "
+            "(run.identities, a dict of tracker name to identity)"
+        )
+    chosen, summary = choose_trackers(
+        report_to, tracker_config, list(trackers or []), owner="start_run"
+    )
+    logger.info(summary)
+    run = Run(
+        chosen,
+        name=run_name or generated_run_name(),
+        config=config,
+        output_dir=str(output_dir),
+        kind=kind,
+        step=step,
+        resume=resume,
+        queue_size=queue_size,
+        strict=(
+            os.environ.get(STRICT_ENV_VAR, "").strip().lower() in TRUTHY_ENV_VALUES
+            if strict is None
+            else bool(strict)
+        ),
+        close_timeout=float(close_timeout),
+    )
+    return run.open(start=False)
+
+
+class _AsGiven(MetricFilter):
+    """Numbers only, names as the caller gave them (a plain loop chooses its own)."""
+
+    def namespaced(self, key: str) -> str:
+        return key
+
+
+def _prepare_config(tracker: Tracker, config: dict) -> dict:
+    """Flatten with the tracker's separator, redact secrets, apply its limits."""
+    flat = redact(flatten(config, tracker.param_separator))
+    limit = tracker.max_param_value_length
+    prepared, cut = {}, []
+    for key, value in flat.items():
+        name = _limited_name(tracker, key)
+        if limit is not None and value is not None and len(str(value)) > limit:
+            value = str(value)[:limit]
+            cut.append(name)
+        prepared[name] = value
+    if cut:
+        logger.warning(
+            "%s: %d param value(s) longer than %d characters were cut: %s",
+            tracker.name,
+            len(cut),
+            limit,
+            ", ".join(cut),
+        )
+    return prepared
+
+
+def _limited_name(tracker: Tracker, name: str) -> str:
+    clean = tracker.sanitize_name(name)
+    limit = tracker.max_name_length
+    if limit is not None and len(clean) > limit:
+        clean = clean[:limit]
+    return clean
+
+
+def safe_where(tracker: Tracker) -> str | None:
+    try:
+        return tracker.where()
+    except Exception as error:
+        return f"unknown ({error})"
+
+
+def _log_delivery_line(report: dict[str, dict]) -> None:
+    parts = []
+    for name, figures in report.items():
+        text = f"{name} {figures['busy_s']:.2f} s"
+        details = []
+        if figures["max_queue"]:
+            details.append(f"queue max {figures['max_queue']}")
+        if figures["waited_s"]:
+            details.append(f"loop waited {figures['waited_s']:.2f} s")
+        if figures["failures"]:
+            details.append(f"{figures['failures']} failed")
+        if figures["abandoned"]:
+            details.append(f"abandoned {figures['abandoned']}")
+        if details:
+            text += f" ({', '.join(details)})"
+        parts.append(text)
+    if parts:
+        logger.info("tracker time: %s", "; ".join(parts))
