@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from trackmux import _hookdocs
+from trackmux.testing.docs import run_page, runnable_blocks
 from trackmux.trainer_callback import EVENTS, TrainerCallback
 from trackmux.training_args import TrainingArguments
 
@@ -22,7 +23,6 @@ HOOKSPECS = _hookdocs.hookspec_functions()
 EVENT_SPECS = [spec for spec in HOOKSPECS if _hookdocs.is_training_event(spec)]
 #: hooks of plugin discovery, which callbacks have no use for
 DISCOVERY_HOOKS = {"register_trackers"}
-RUNNABLE_MARK = "<!-- runnable -->"
 
 
 def _read(relative: str) -> str:
@@ -134,15 +134,10 @@ def test_every_training_argument_is_documented():
     assert not missing, f"docs/reference/training-arguments.md does not document {missing}"
 
 
-def _runnable_blocks(text: str) -> list[str]:
-    pattern = re.compile(re.escape(RUNNABLE_MARK) + r"\n```python\n(.*?)^```$", re.S | re.M)
-    return pattern.findall(text)
-
-
 def test_getting_started_examples_run(trackmux_env, caplog):
     """The marked blocks run in order in one namespace, as a reader would paste them into
     one session (a later block uses the trainer of an earlier one)."""
-    blocks = _runnable_blocks(_read("getting-started.md"))
+    blocks = runnable_blocks(_read("getting-started.md"))
     assert len(blocks) >= 5, "the getting-started examples lost their runnable marks"
     caplog.set_level(logging.INFO, logger="trackmux")
     namespace: dict = {"__name__": "getting_started"}
@@ -152,3 +147,11 @@ def test_getting_started_examples_run(trackmux_env, caplog):
     assert namespace["result"].global_step == 60
     assert (trackmux_env / "out" / "runs" / "first" / "events.jsonl").is_file()
     assert any(r.getMessage().startswith("trackmux: reporting to jsonl") for r in caplog.records)
+
+
+def test_the_plain_loop_page_runs(trackmux_env, capsys):
+    namespace = run_page(DOCS / "plain-loops.md")
+    assert namespace["run"].status == "success"
+    log = namespace["trackmux"].read_run(trackmux_env / "out" / "runs" / "plain")
+    assert [step for step, _ in log.history("train/loss")] == list(range(20))
+    assert "success" in capsys.readouterr().out

@@ -15,6 +15,8 @@ _LAZY = {
     "jsonl_log": "trackmux.testing.conformance",
     "RegressionDataset": "trackmux.testing.toy",
     "TinyRegressor": "trackmux.testing.toy",
+    "runnable_blocks": "trackmux.testing.docs",
+    "run_page": "trackmux.testing.docs",
 }
 __all__ = list(_LAZY)
 
