@@ -1,11 +1,16 @@
 """Asynchronous, isolated delivery of tracker calls: one bounded queue and one worker thread
 per tracker, so the training loop never waits on a backend's network or disk, and a broken
-backend never stops training (unless strict mode asks for exactly that)."""
+backend never stops training (unless strict mode asks for exactly that).
+
+Handing a record over costs the loop a deque append: the worker is woken only when it sleeps
+without a batch window, or when a call is waited for (a flush, the end). A worker with a
+batch window wakes by itself once per window and delivers what gathered in one batch.
+"""
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 import time
 import traceback
@@ -73,10 +78,13 @@ class TrackerWorker:
         self.failed_calls = 0
         self.abandoned = 0
         self.batch_window = tracker.batch_window_seconds()
-        self._queue: queue.Queue | None = None
+        self.queue_size = queue_size
+        self._in_hand = 0  # records the worker took from the queue and is delivering
+        self._items: collections.deque | None = None
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         if not tracker.synchronous:
-            self._queue = queue.Queue(maxsize=queue_size)
+            self._items = collections.deque()
             self._thread = threading.Thread(
                 target=self._run, name=f"trackmux-{self.name}", daemon=True
             )
@@ -86,47 +94,52 @@ class TrackerWorker:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        """Records submitted and not delivered yet (queued, or in the worker's hands)."""
+        if self._items is None:
+            return 0
+        return sum(1 for item in list(self._items) if item[0] in _RECORDS) + self._in_hand
 
     def submit(self, method: str, *arguments) -> None:
         self.raise_if_failed()
         if self.disabled and not self._closes_anyway(method):
             return
-        if self._queue is None:
+        if self._items is None:
             self._call(method, arguments, int(method in _RECORDS))
             self.raise_if_failed()
             return
         if method in _RECORDS:
             self.submitted += 1
-        item = (method, arguments)
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self._wait_for_room(item)
-        depth = self._queue.qsize()
+        items = self._items
+        if len(items) >= self.queue_size and not self._wait_for_room():
+            return  # the tracker was disabled or died while the loop waited
+        items.append((method, arguments))
+        depth = len(items)
         if depth > self.max_pending:
             self.max_pending = depth
+        if (method != "log_metrics" or not self.batch_window) and not self._wake.is_set():
+            self._wake.set()
 
-    def _wait_for_room(self, item) -> None:
+    def _wait_for_room(self) -> bool:
         began = time.monotonic()
         self.stalls += 1
+        self._wake.set()  # a worker gathering a batch delivers it now
         if self.on_stall is not None:
             self.on_stall(self, True)
+        warned = False
         try:
-            self._queue.put(item, timeout=STALL_WARNING_AFTER)
-        except queue.Full:
-            logger.warning(
-                "tracker %r is behind: its queue is full (%d records); training waits for it "
-                "(nothing is dropped)",
-                self.name,
-                self._queue.maxsize,
-            )
-            while not self.disabled and self._thread.is_alive():
-                try:
-                    self._queue.put(item, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
+            while len(self._items) >= self.queue_size:
+                if self.disabled or not self._thread.is_alive():
+                    return False
+                if not warned and time.monotonic() - began >= STALL_WARNING_AFTER:
+                    warned = True
+                    logger.warning(
+                        "tracker %r is behind: its queue is full (%d records); training waits "
+                        "for it (nothing is dropped)",
+                        self.name,
+                        self.queue_size,
+                    )
+                time.sleep(0.001)
+            return True
         finally:
             self.stalled_seconds += time.monotonic() - began
             if self.on_stall is not None:
@@ -157,7 +170,7 @@ class TrackerWorker:
         """Ask the tracker to flush after what was submitted so far, without waiting."""
         if self.disabled:
             return None
-        if self._queue is None:
+        if self._items is None:
             self._call("flush", ())
             self.raise_if_failed()
             return None
@@ -185,21 +198,18 @@ class TrackerWorker:
         """Stop the worker after what was submitted; abandon what is left after ``timeout``."""
         if self._thread is None:
             return
-        deadline = time.monotonic() + timeout
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            pass
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._items.append((_STOP, ()))
+        self._wake.set()
+        self._thread.join(timeout)
         if self._thread.is_alive():
+            self.abandoned = self.pending
             logger.warning(
-                "tracker %r did not finish within %.0f s: abandoning %d pending records "
-                "(TrainingArguments.tracker_close_timeout)",
+                "tracker %r did not finish within %.0f s: abandoning it with %d records it "
+                "had not delivered (TrainingArguments.tracker_close_timeout)",
                 self.name,
                 timeout,
-                self.pending,
+                self.abandoned,
             )
-            self.abandoned = sum(1 for method, _ in _snapshot(self._queue) if method in _RECORDS)
             self.disabled = True
             self._abandoned = True
 
@@ -216,48 +226,37 @@ class TrackerWorker:
     # -- worker side ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        item = self._queue.get()
-        while item is not _STOP:
-            method, arguments = item
-            if method == "log_metrics":
-                records, item = self._gather(arguments)
-                if not self.disabled:
-                    self._call("log_metrics_batch", (records,), len(records))
-                if item is None:
-                    item = self._queue.get()
-                continue
-            if method == "flush":
-                if not self.disabled:
-                    self._call("flush", ())
-                arguments[0].done.set()
-            elif not self.disabled or self._closes_anyway(method):
-                self._call(method, arguments, int(method in _RECORDS))
-            item = self._queue.get()
+        items, wake = self._items, self._wake
+        while True:
+            # with a batch window, sleep through it unless a waited-for call arrives
+            wake.wait(self.batch_window or None)
+            wake.clear()
+            while items:
+                method, arguments = items.popleft()
+                if method is _STOP:
+                    return
+                if method == "log_metrics":
+                    self._deliver_metrics(arguments)
+                elif method == "flush":
+                    if not self.disabled:
+                        self._call("flush", ())
+                    arguments[0].done.set()
+                elif not self.disabled or self._closes_anyway(method):
+                    self._call(method, arguments, int(method in _RECORDS))
 
-    def _gather(self, first) -> tuple[list, object]:
-        """``first`` and the metrics records right behind it: those already queued, and
-        those arriving within the tracker's batch window (a backend call per record costs
-        more than one per batch). Returns them with the item that ended the batch, if any."""
+    def _deliver_metrics(self, first) -> None:
+        """``first`` and the metrics records queued right behind it, in one call: one
+        backend call per batch costs far less than one per record."""
+        items = self._items
         records = [_as_record(first)]
-        deadline = time.monotonic() + self.batch_window
-        while len(records) < MAX_BATCH:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return records, None
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    return records, None
-            if item is _STOP or item[0] != "log_metrics":
-                return records, item
-            records.append(_as_record(item[1]))
-        return records, None
+        while items and len(records) < MAX_BATCH and items[0][0] == "log_metrics":
+            records.append(_as_record(items.popleft()[1]))
+        if not self.disabled:
+            self._call("log_metrics_batch", (records,), len(records))
 
     def _call(self, method: str, arguments, records: int = 0) -> None:
         began = time.perf_counter()
+        self._in_hand = records
         try:
             result = getattr(self.tracker, method)(*arguments)
         except Exception as error:
@@ -267,6 +266,7 @@ class TrackerWorker:
             return
         finally:
             self.busy_seconds += time.perf_counter() - began
+            self._in_hand = 0
         self.delivered += records
         self.failures = 0
         if method == "start":
@@ -299,11 +299,6 @@ class TrackerWorker:
                 if method in ("prepare", "start")
                 else f"{self.failures} failures in a row",
             )
-
-
-def _snapshot(pending: queue.Queue) -> list:
-    with pending.mutex:
-        return [item for item in pending.queue if item is not _STOP]
 
 
 def _as_record(arguments: tuple) -> tuple:

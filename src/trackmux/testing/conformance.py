@@ -198,6 +198,44 @@ class TrackerConformance:
             assert stored, f"summary value {name!r} missing; backend has {sorted(data.metrics)}"
             self.assert_same_value(stored[-1][1], expected, f"summary {name!r}")
 
+    def test_a_plain_loop_run_arrives(self, trackmux_env):
+        """trackmux.start_run feeds the tracker the same way the Trainer does."""
+        import trackmux
+
+        tracker = self.make_tracker(trackmux_env)
+        config = {"learning_rate": 0.5, "optimizer": {"name": "sgd"}}
+        with trackmux.start_run(
+            ["jsonl"], trackers=[tracker], config=config, output_dir=trackmux_env / "out"
+        ) as run:
+            for step in range(1, 6):
+                run.log({"train/loss": 1.0 / step, "train/accuracy": step / 10}, step=step)
+        data = self.read_back(tracker, trackmux_env)
+        log = jsonl_log(trackmux_env / "out")
+        assert [s for s, _ in log.history("train/loss")] == [1, 2, 3, 4, 5]
+        self.assert_metrics_match_log(tracker, data, log)
+        name = self.expected_name(tracker, "learning_rate")
+        assert str(data.params.get(name)) == "0.5", f"param missing; got {sorted(data.params)}"
+        if data.status is not None:
+            assert data.status == "success"
+
+    def test_params_added_after_start_arrive(self, trackmux_env):
+        from trackmux import Tracker
+
+        if type(self.make_tracker(trackmux_env)).log_params is Tracker.log_params:
+            pytest.skip("this tracker cannot add params to an open run (documented)")
+        import trackmux
+
+        tracker = self.make_tracker(trackmux_env)
+        with trackmux.start_run(
+            ["jsonl"], trackers=[tracker], config={"early": 1}, output_dir=trackmux_env / "out"
+        ) as run:
+            run.log({"train/loss": 1.0}, step=1)
+            run.log_params({"late": 2})
+        data = self.read_back(tracker, trackmux_env)
+        for key, value in {"early": 1, "late": 2}.items():
+            name = self.expected_name(tracker, key)
+            assert str(data.params.get(name)) == str(value), f"{key}: got {data.params}"
+
     def test_status_success(self, trackmux_env):
         trainer, tracker = self.train(trackmux_env)
         data = self.read_back(tracker, trackmux_env)

@@ -292,6 +292,9 @@ class CometTracker(Tracker):
         self.archive = os.path.join(self.offline_directory, name)
         return experiment
 
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.experiment.log_parameters(params)
+
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None = None):
         if self.experiment is not None:
             self.experiment.log_metrics(metrics, step=step, epoch=epoch)

@@ -124,6 +124,9 @@ class DVCLiveTracker(Tracker):
     def log_metrics(self, metrics, step, epoch=None):
         self._log(metrics, step, plot=True)
 
+    def log_params(self, params):
+        self.live.log_params(params)
+
     def log_summary(self, metrics, step):
         self._log(metrics, step, plot=False)
 

@@ -77,7 +77,7 @@ class MlflowTracker(Tracker):
     variable): ``tracking_uri`` (MLFLOW_TRACKING_URI), ``experiment_name``
     (MLFLOW_EXPERIMENT_NAME), ``run_id`` (MLFLOW_RUN_ID), ``nested`` (MLFLOW_NESTED_RUN),
     ``tags`` (MLFLOW_TAGS, a JSON object), ``max_log_params`` (MLFLOW_MAX_LOG_PARAMS),
-    ``artifacts`` (HF_MLFLOW_LOG_ARTIFACTS).
+    ``artifacts`` (HF_MLFLOW_LOG_ARTIFACTS), ``batch_window`` (seconds, default 1).
     """
 
     name = "mlflow"
@@ -87,6 +87,9 @@ class MlflowTracker(Tracker):
     max_name_length = MAX_KEY_LENGTH
     max_param_value_length = MAX_PARAM_VALUE_LENGTH
     artifacts_env = "HF_MLFLOW_LOG_ARTIFACTS"
+    # points logged within a second go in one log_batch request (a flush, a save or the
+    # end of the run sends what is pending at once)
+    batch_window = 1.0
 
     def __init__(self, **settings):
         super().__init__(**settings)
@@ -312,14 +315,27 @@ class MlflowTracker(Tracker):
         ]
         for begin in range(0, len(entries), PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=entries[begin : begin + PARAMS_PER_BATCH])
+        self._existing_params.update((entry.key, entry.value) for entry in entries)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._log_params(params)
 
     # -- metrics, artifacts, end -----------------------------------------------------
 
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None = None):
+        self.log_metrics_batch([(metrics, step, epoch)])
+
+    def log_metrics_batch(self, records) -> None:
+        # one request for many steps: an MLflow call costs milliseconds of CPU, whatever
+        # the number of points in it
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
-        entries = [Metric(name, float(value), timestamp, step) for name, value in metrics.items()]
+        entries = [
+            Metric(name, float(value), timestamp, step)
+            for metrics, step, _ in records
+            for name, value in metrics.items()
+        ]
         for begin in range(0, len(entries), METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=entries[begin : begin + METRICS_PER_BATCH])
 

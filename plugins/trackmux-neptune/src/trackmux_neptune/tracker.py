@@ -282,6 +282,10 @@ class NeptuneTracker(Tracker):
 
     # -- metrics, artifacts, end -----------------------------------------------------
 
+    def log_params(self, params: dict[str, Any]) -> None:
+        for key, value in params.items():
+            self.run[f"{self.namespace}/params/{key}"] = _param_value(value)
+
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None = None):
         run, last_steps = self.run, self.last_steps
         for name, value in metrics.items():

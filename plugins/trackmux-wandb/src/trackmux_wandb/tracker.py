@@ -211,6 +211,9 @@ class WandbTracker(Tracker):
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None = None):
         self.run.log({**metrics, STEP_METRIC: step})
 
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.run.config.update(params, allow_val_change=True)
+
     def log_summary(self, metrics: dict[str, float], step: int) -> None:
         # single end-of-training values (runtime, throughput, mean loss) are not curves
         self.run.summary.update(metrics)
