@@ -213,11 +213,11 @@ def test_the_progress_bar_names_the_tracker_the_loop_waits_on(tmp_path):
     class Stalled(Recorder):
         name = "stalled"
 
-        def log_metrics(self, metrics, step, epoch=None):
-            release.wait(10)
-            super().log_metrics(metrics, step, epoch)
+        def start(self, run):
+            release.wait(10)  # nothing is delivered until the timer fires
+            return super().start(run)
 
-    trainer = make_trainer(tmp_path, [Stalled()], disable_tqdm=False, tracker_queue_size=1)
+    trainer = make_trainer(tmp_path, [Stalled()], disable_tqdm=False, tracker_queue_size=2)
     progress = next(
         c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback)
     )
@@ -233,7 +233,7 @@ def test_the_progress_bar_names_the_tracker_the_loop_waits_on(tmp_path):
     timer.start()
     trainer.train()
     timer.cancel()
-    assert ("stalled", "waiting for tracker stalled (1 queued)") in shown
+    assert ("stalled", "waiting for tracker stalled (2 queued)") in shown
     assert (None, "") in shown and shown[-1][0] is None  # cleared once the wait is over
 
 
