@@ -244,3 +244,35 @@ def test_a_run_with_no_trackers_is_free_and_finishes(tmp_path):
     assert run.status == "success" and run.trackers == [] and run.where() == []
     run.finish("failed")  # a second finish changes nothing
     assert run.status == "success"
+
+
+def test_a_tracker_raising_systemexit_in_its_worker_is_disabled_not_silently_dead(tmp_path, caplog):
+    class Exits(Recorder):
+        name = "exits"
+
+        def log_metrics(self, metrics, step, epoch=None):
+            raise SystemExit(3)
+
+    exits, healthy = Exits(), Recorder()
+    began = time.monotonic()
+    with trackmux.start_run("none", trackers=[exits, healthy], output_dir=tmp_path) as run:
+        for step in range(5):
+            run.log({"loss": 1.0}, step=step)
+    assert time.monotonic() - began < 5  # finish did not wait out the close timeout
+    assert exits.of("finish") == [("finish", "success")]  # the worker lived to close
+    assert len(healthy.of("metrics")) == 5
+    assert any("'exits' failed in log_metrics()" in r.getMessage() for r in caplog.records)
+
+
+def test_a_run_resumed_after_a_torn_last_line_starts_on_a_line_of_its_own(tmp_path):
+    with trackmux.start_run(["jsonl"], output_dir=tmp_path, run_name="torn") as run:
+        run.log({"loss": 2.0}, step=0)
+    events = tmp_path / "runs" / "torn" / "events.jsonl"
+    with open(events, "a", encoding="utf-8") as handle:
+        handle.write('{"type": "metrics", "step": 1, "metr')  # killed mid-write
+    with trackmux.start_run(["jsonl"], output_dir=tmp_path, resume=run.identities, step=1) as again:
+        again.log({"loss": 1.0})
+    with pytest.warns(UserWarning):
+        log = read_run(events)
+    assert log.sessions == 2
+    assert log.history("loss") == [(0, 2.0), (1, 1.0)]

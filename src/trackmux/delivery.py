@@ -260,9 +260,14 @@ class TrackerWorker:
         try:
             result = getattr(self.tracker, method)(*arguments)
         except Exception as error:
-            # a batch is the tracker's log_metrics to its author and to the user
-            name = "log_metrics" if method == "log_metrics_batch" else method
-            self._failed(name, error, max(1, records))
+            self._failed(_shown(method), error, max(1, records))
+            return
+        except BaseException as error:
+            # a backend calling sys.exit() in the worker must not kill the worker silently;
+            # on the loop thread (a synchronous tracker) Ctrl-C stays Ctrl-C
+            if threading.current_thread() is not self._thread:
+                raise
+            self._failed(_shown(method), error, max(1, records))
             return
         finally:
             self.busy_seconds += time.perf_counter() - began
@@ -273,7 +278,7 @@ class TrackerWorker:
             self.started = True
             self.identity = result if isinstance(result, dict) else None
 
-    def _failed(self, method: str, error: Exception, records: int = 1) -> None:
+    def _failed(self, method: str, error: BaseException, records: int = 1) -> None:
         # a failed batch counts each record it held, as if they had come one by one
         self.failures += records
         self.failed_calls += records
@@ -304,3 +309,8 @@ class TrackerWorker:
 def _as_record(arguments: tuple) -> tuple:
     # defer("log_metrics", values, step) may leave the epoch out
     return arguments if len(arguments) == 3 else (*arguments, None)
+
+
+def _shown(method: str) -> str:
+    # a batch is the tracker's log_metrics to its author and to the user
+    return "log_metrics" if method == "log_metrics_batch" else method

@@ -43,8 +43,11 @@ class JsonlTracker(Tracker):
         root = self.setting("dir", default=os.path.join(run.output_dir, "runs"))
         self.directory = os.path.join(root, name)
         os.makedirs(self.directory, exist_ok=True)
+        path = os.path.join(self.directory, EVENTS_FILE)
         # kept open for the whole run, closed in finish()
-        self._file = open(os.path.join(self.directory, EVENTS_FILE), "a", encoding="utf-8")  # noqa: SIM115
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        if _ends_torn(path):  # a crash mid-line: never glue this run's start onto it
+            self._file.write("\n")
         self._write(
             {
                 "type": "start",
@@ -97,3 +100,12 @@ class JsonlTracker(Tracker):
             record["metrics"] = {k: _json_number(v) for k, v in record["metrics"].items()}
         self._file.write(json.dumps(record, default=str) + "\n")
         self._file.flush()
+
+
+def _ends_torn(path: str) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
