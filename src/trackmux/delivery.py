@@ -54,6 +54,7 @@ class TrackerWorker:
         queue_size: int = 10000,
         strict: bool = False,
         on_stall=None,
+        give_up_after: float = 30.0,
     ):
         self.tracker = tracker
         self.name = tracker.name or type(tracker).__name__
@@ -79,6 +80,11 @@ class TrackerWorker:
         self.abandoned = 0
         self.batch_window = tracker.batch_window_seconds()
         self.queue_size = queue_size
+        #: seconds the loop waits on a full queue that does not move before it abandons
+        #: the tracker (the close timeout: the most any tracker may hold the loop)
+        self.give_up_after = give_up_after
+        self._taken = 0  # items the worker took off the queue: its progress
+        self._stuck_at: int | None = None  # progress when a flush last timed out
         self._in_hand = 0  # records the worker took from the queue and is delivering
         self._items: collections.deque | None = None
         self._wake = threading.Event()
@@ -126,11 +132,20 @@ class TrackerWorker:
         if self.on_stall is not None:
             self.on_stall(self, True)
         warned = False
+        progress, moved = self._taken, began
         try:
             while len(self._items) >= self.queue_size:
                 if self.disabled or not self._thread.is_alive():
                     return False
-                if not warned and time.monotonic() - began >= STALL_WARNING_AFTER:
+                now = time.monotonic()
+                if self._taken != progress:
+                    progress, moved = self._taken, now
+                elif now - moved >= self.give_up_after:
+                    self._abandon(
+                        f"made no progress for {self.give_up_after:g} s with a full queue"
+                    )
+                    return False
+                if not warned and now - began >= STALL_WARNING_AFTER:
                     warned = True
                     logger.warning(
                         "tracker %r is behind: its queue is full (%d records); training waits "
@@ -179,39 +194,60 @@ class TrackerWorker:
         return marker
 
     def flush(self, timeout: float) -> bool:
-        """Wait until everything submitted so far was delivered (at most ``timeout`` s)."""
+        """Wait until everything submitted so far was delivered (at most ``timeout`` s).
+        A tracker that has not moved since its last flush timed out is not waited for
+        again: one dead backend must not cost every save the whole timeout."""
+        if self._stuck_at is not None and self._stuck_at == self._taken:
+            return False
         marker = self.request_flush()
         if marker is None:
             return True
         done = marker.done.wait(timeout)
         if not done:
+            self._stuck_at = self._taken
             logger.warning(
-                "tracker %r did not flush within %.0f s (%d records pending); training goes on",
+                "tracker %r did not flush within %g s (%d records pending); training goes on "
+                "without waiting for it again until it moves",
                 self.name,
                 timeout,
                 self.pending,
             )
+        else:
+            self._stuck_at = None
         self.raise_if_failed()
         return done
 
-    def close(self, timeout: float) -> None:
-        """Stop the worker after what was submitted; abandon what is left after ``timeout``."""
+    def stop(self) -> None:
+        """Ask the worker to stop once it delivered what was submitted (no waiting)."""
+        if self._thread is not None:
+            self._items.append((_STOP, ()))
+            self._wake.set()
+
+    def join(self, timeout: float, configured: float | None = None) -> None:
+        """Wait at most ``timeout`` s for the stopped worker; abandon it if still busy."""
         if self._thread is None:
             return
-        self._items.append((_STOP, ()))
-        self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            self.abandoned = self.pending
-            logger.warning(
-                "tracker %r did not finish within %.0f s: abandoning it with %d records it "
-                "had not delivered (TrainingArguments.tracker_close_timeout)",
-                self.name,
-                timeout,
-                self.abandoned,
-            )
-            self.disabled = True
-            self._abandoned = True
+            limit = configured if configured is not None else timeout
+            self._abandon(f"did not finish within {limit:g} s")
+
+    def close(self, timeout: float) -> None:
+        """Stop the worker after what was submitted; abandon what is left after ``timeout``."""
+        self.stop()
+        self.join(timeout)
+
+    def _abandon(self, why: str) -> None:
+        self.abandoned = self.pending
+        logger.warning(
+            "tracker %r %s: abandoning it with %d records it had not delivered "
+            "(TrainingArguments.tracker_close_timeout); training and the other trackers go on",
+            self.name,
+            why,
+            self.abandoned,
+        )
+        self.disabled = True
+        self._abandoned = True
 
     def _closes_anyway(self, method: str) -> bool:
         # a tracker disabled after repeated failures still gets one try at closing its run,
@@ -233,6 +269,7 @@ class TrackerWorker:
             wake.clear()
             while items:
                 method, arguments = items.popleft()
+                self._taken += 1
                 if method is _STOP:
                     return
                 if method == "log_metrics":
@@ -251,6 +288,7 @@ class TrackerWorker:
         records = [_as_record(first)]
         while items and len(records) < MAX_BATCH and items[0][0] == "log_metrics":
             records.append(_as_record(items.popleft()[1]))
+            self._taken += 1
         if not self.disabled:
             self._call("log_metrics_batch", (records,), len(records))
 

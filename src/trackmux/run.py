@@ -123,7 +123,11 @@ class Run:
         ensure_default_handler()
         for tracker in self.trackers:
             worker = TrackerWorker(
-                tracker, queue_size=self.queue_size, strict=self.strict, on_stall=self.on_stall
+                tracker,
+                queue_size=self.queue_size,
+                strict=self.strict,
+                on_stall=self.on_stall,
+                give_up_after=self.close_timeout,
             )
             self.workers.append(worker)
             tracker._worker = worker
@@ -228,6 +232,7 @@ class Run:
     def flush(self, timeout: float | None = None) -> None:
         """Wait (at most ``timeout`` s, default the close timeout) until every tracker has
         made durable what it received; identities are known afterwards."""
+        self._start()  # a flush is a point where the run exists (its identity is known)
         timeout = self.close_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         for worker in self.workers:
@@ -254,8 +259,10 @@ class Run:
         for worker in queued:
             worker.request_flush()
             worker.submit("finish", status)
+            worker.stop()
+        # one shared deadline: a hung tracker must not use up the healthy ones' time
         for worker in queued:
-            worker.close(max(0.0, deadline - time.monotonic()))
+            worker.join(max(0.0, deadline - time.monotonic()), configured=self.close_timeout)
         report = self.delivery_report()
         for worker in local:
             worker.submit("log_delivery", report)
