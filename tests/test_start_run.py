@@ -200,6 +200,8 @@ def test_every_run_accounts_for_each_trackers_cost_in_one_line_and_in_the_log(tm
     assert len(delivery) == 1
     slow = delivery[0]["trackers"]["slow"]
     assert slow["records"] == slow["delivered"] == 7  # 6 logs + the summary
+    local = delivery[0]["trackers"]["jsonl"]
+    assert local["records"] == local["delivered"] == 7
     assert slow["busy_s"] >= 0.06
     assert 1 <= slow["max_queue"] <= 2
     assert log.records[-1]["type"] == "finish"  # the delivery record comes right before it

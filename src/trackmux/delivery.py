@@ -109,12 +109,13 @@ class TrackerWorker:
         self.raise_if_failed()
         if self.disabled and not self._closes_anyway(method):
             return
+        record = method in _RECORDS
+        if record:
+            self.submitted += 1
         if self._items is None:
-            self._call(method, arguments, int(method in _RECORDS))
+            self._call(method, arguments, int(record))
             self.raise_if_failed()
             return
-        if method in _RECORDS:
-            self.submitted += 1
         items = self._items
         if len(items) >= self.queue_size and not self._wait_for_room():
             return  # the tracker was disabled or died while the loop waited
