@@ -240,9 +240,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Core test suite (tests/, minus tests/integration which needs every plugin)."""
-    setup(session, "-e", ".[test]")
-    run_pytest(session, ROOT / "tests", "--ignore=tests/integration")
+    """Core test suite (tests/, minus tests/integration which needs every plugin and
+    tests/frameworks which needs transformers or Lightning); matplotlib for ``trackmux plot``."""
+    setup(session, "-e", ".[test,plot]")
+    run_pytest(session, ROOT / "tests", "--ignore=tests/integration", "--ignore=tests/frameworks")
 
 
 @nox.session
@@ -306,4 +307,56 @@ def docs(session: nox.Session) -> None:
     session.run("mkdocs", "build", "--strict", *session.posargs)
 
 
-nox.options.sessions = ["lint", "tests", "plugin", "integration", "docs"]
+@nox.session(name="bench-peers")
+def bench_peers(session: nox.Session) -> None:
+    """benchmarks/run.py against the peers too: core, every plugin, Hugging Face transformers
+    (with accelerate, which its Trainer needs) and Lightning, matplotlib for the charts
+    (posargs pass through)."""
+    setup(
+        session,
+        "-e",
+        ".[transformers,lightning,plot]",
+        *_all_plugin_requirements(extra=""),
+    )
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+def _framework_session(session: nox.Session, extra: str, test_file: str) -> None:
+    """The core with a framework extra and the TensorBoard and MLflow plugins (the tests read
+    metrics back from both), against one file of tests/frameworks."""
+    setup(
+        session,
+        "-e",
+        f".[test,{extra}]",
+        *_plugin_requirement(PLUGIN_IDS["tensorboard"]),
+        *_plugin_requirement(PLUGIN_IDS["mlflow"]),
+    )
+    others = [
+        f"--ignore={path.relative_to(ROOT).as_posix()}"
+        for path in _test_files(ROOT / "tests" / "frameworks")
+        if path.name != test_file
+    ]
+    run_pytest(session, ROOT / "tests" / "frameworks", *others)
+
+
+@nox.session
+def transformers(session: nox.Session) -> None:
+    """TrackmuxCallback in the real Hugging Face transformers Trainer."""
+    _framework_session(session, "transformers", "test_transformers.py")
+
+
+@nox.session
+def lightning(session: nox.Session) -> None:
+    """TrackmuxLogger in a real Lightning Trainer."""
+    _framework_session(session, "lightning", "test_lightning.py")
+
+
+nox.options.sessions = [
+    "lint",
+    "tests",
+    "plugin",
+    "integration",
+    "transformers",
+    "lightning",
+    "docs",
+]

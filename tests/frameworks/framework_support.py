@@ -1,0 +1,61 @@
+"""What the transformers and Lightning tests share: running a docs example as a script, and
+reading metrics back from TensorBoard and MLflow in the run log's terms."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from trackmux.testing import runnable_blocks
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def doc_examples(page: str) -> list[str]:
+    """The ``<!-- runnable -->`` python blocks of docs/<page>."""
+    return runnable_blocks(DOCS / page)
+
+
+def run_script(code: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``code`` as a script in a fresh interpreter (as a reader would), in ``cwd``."""
+    script = cwd / "script.py"
+    script.write_text(code, encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {
+        tag: [(event.step, event.value) for event in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+    }
+
+
+def mlflow_metrics(uri: str, run_id: str, names) -> dict[str, list[tuple[int, float]]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    history = {}
+    for name in names:
+        points = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+        history[name] = [(point.step, point.value) for point in points]
+    return history
+
+
+def close_to(history, expected, rel: float = 1e-6) -> bool:
+    """Same steps in the same order, values equal within ``rel`` (TensorBoard keeps float32)."""
+    if [step for step, _ in history] != [step for step, _ in expected]:
+        return False
+    return all(abs(a - b) <= rel * max(1.0, abs(b)) for (_, a), (_, b) in zip(history, expected))
