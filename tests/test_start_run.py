@@ -278,3 +278,12 @@ def test_a_run_resumed_after_a_torn_last_line_starts_on_a_line_of_its_own(tmp_pa
         log = read_run(events)
     assert log.sessions == 2
     assert log.history("loss") == [(0, 2.0), (1, 1.0)]
+
+
+def test_a_new_run_under_a_used_name_gets_its_own_log(tmp_path):
+    for loss in (2.0, 1.0):
+        with trackmux.start_run(["jsonl"], output_dir=tmp_path, run_name="same") as run:
+            run.log({"loss": loss}, step=0)
+    assert run.identities == {"jsonl": {"run": "same-2"}}
+    assert read_run(tmp_path / "runs" / "same").history("loss") == [(0, 2.0)]
+    assert read_run(tmp_path / "runs" / "same-2").history("loss") == [(0, 1.0)]

@@ -38,9 +38,13 @@ class JsonlTracker(Tracker):
         self._file = None
 
     def start(self, run: RunInfo):
-        resume = run.resume or {}
-        name = resume.get("run", run.name)
         root = self.setting("dir", default=os.path.join(run.output_dir, "runs"))
+        if run.resume:
+            name = run.resume.get("run", run.name)
+        else:
+            # a new run under a name already used (the same run_name trained twice) gets a
+            # directory of its own: one log, one run, each step once
+            name = _unused_name(root, run.name)
         self.directory = os.path.join(root, name)
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, EVENTS_FILE)
@@ -109,3 +113,15 @@ def _ends_torn(path: str) -> bool:
             return False
         handle.seek(-1, os.SEEK_END)
         return handle.read(1) != b"\n"
+
+
+def _unused_name(root: str, name: str) -> str:
+    candidate, number = name, 1
+    while _has_records(os.path.join(root, candidate, EVENTS_FILE)):
+        number += 1
+        candidate = f"{name}-{number}"
+    return candidate
+
+
+def _has_records(path: str) -> bool:
+    return os.path.isfile(path) and os.path.getsize(path) > 0
