@@ -351,6 +351,13 @@ def lightning(session: nox.Session) -> None:
     _framework_session(session, "lightning", "test_lightning.py")
 
 
+@nox.session
+def everywhere(session: nox.Session) -> None:
+    """examples/everywhere.py: trackmux's Trainer, transformers, Lightning and a plain loop
+    reporting the same way to one MLflow server."""
+    _framework_session(session, "transformers,lightning", "test_everywhere.py")
+
+
 nox.options.sessions = [
     "lint",
     "tests",
@@ -358,5 +365,6 @@ nox.options.sessions = [
     "integration",
     "transformers",
     "lightning",
+    "everywhere",
     "docs",
 ]
