@@ -61,10 +61,17 @@ def mlflow_history(client, run_id, name) -> list[tuple[int, float]]:
 def tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
     events.Reload()
+    # one event file per session: the reader's order across files follows their names, not
+    # the steps (two sessions within one second can come out swapped); each step once is
+    # what counts, so compare in step order
     return {
-        tag: [(event.step, event.value) for event in events.Scalars(tag)]
+        tag: sorted(((event.step, event.value) for event in events.Scalars(tag)), key=_step)
         for tag in events.Tags()["scalars"]
     }
+
+
+def _step(point: tuple[int, float]) -> int:
+    return point[0]
 
 
 def assert_mlflow_matches_log(client, run, log):

@@ -185,9 +185,14 @@ class AzureMLTracker(MlflowTracker):
 
     # -- inactive: nothing to do ------------------------------------------------------------
 
-    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None = None):
+    def log_metrics_batch(self, records) -> None:
+        # the MLflow plugin's log_metrics comes here too
         if not self.inactive:
-            super().log_metrics(metrics, step, epoch)
+            super().log_metrics_batch(records)
+
+    def log_params(self, params) -> None:
+        if not self.inactive:
+            super().log_params(params)
 
     def log_artifact(self, path: str, kind: str, step: int) -> None:
         if not self.inactive:
