@@ -71,6 +71,7 @@ TRACKMUX_DEFAULTS = {
     "tracker_artifacts": "none",
     "tracker_queue_size": 10000,
     "tracker_close_timeout": 30.0,
+    "save_on_interrupt": False,
 }
 
 # Arguments that make load_best_model_at_end valid.
@@ -110,11 +111,12 @@ def test_field_set_and_order():
     names = [f.name for f in dataclasses.fields(TrainingArguments)]
     assert set(names) == set(HF_DEFAULTS) | set(TRACKMUX_DEFAULTS)
     assert names[0] == "output_dir"
-    assert names[-4:] == [
+    assert names[-5:] == [
         "tracker_strict",
         "tracker_artifacts",
         "tracker_queue_size",
         "tracker_close_timeout",
+        "save_on_interrupt",
     ]
 
 

@@ -58,6 +58,14 @@ class PluginInfo:
             return f"unknown ({error})"
 
     def as_dict(self) -> dict:
+        """What ``trackmux plugins`` shows; credentials (a password in a tracking URI a
+        plugin's mode or error mentions, a token from the environment) are hidden."""
+        from .values import redact_text
+
+        row = self._fields()
+        return {k: redact_text(v) if isinstance(v, str) else v for k, v in row.items()}
+
+    def _fields(self) -> dict:
         return {
             "name": self.name,
             "distribution": self.distribution,

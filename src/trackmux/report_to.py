@@ -46,12 +46,14 @@ def distribution_name(name: str) -> str:
 
 
 def requested_names(report_to) -> list[str] | None:
-    """The names ``report_to`` asks for, deduplicated in order; None means "all"."""
+    """The names ``report_to`` asks for, stripped and deduplicated in order; None means
+    "all". ``"all"`` and ``"none"`` are keywords in any case; empty entries (``"wandb,"``)
+    are ignored, but a report_to with nothing else in it is refused."""
     if report_to is None:
         return []
     if isinstance(report_to, str):
-        report_to = [part for part in report_to.split(",")]
-    if not isinstance(report_to, list | tuple):
+        report_to = report_to.split(",")
+    elif not isinstance(report_to, list | tuple):
         raise ReportToError(
             f"TrainingArguments.report_to={report_to!r} must be 'all', 'none', None, a tracker "
             "name or a list of names"
@@ -60,11 +62,19 @@ def requested_names(report_to) -> list[str] | None:
     for item in report_to:
         if not isinstance(item, str):
             raise ReportToError(
-                f"TrainingArguments.report_to contains {item!r}; every entry must be a string"
+                f"TrainingArguments.report_to contains {item!r} ({type(item).__name__}); every "
+                "entry must be a string"
             )
         name = item.strip()
+        if name.lower() in ("all", "none"):
+            name = name.lower()
         if name and name not in names:
             names.append(name)
+    if not names and report_to:
+        raise ReportToError(
+            f"TrainingArguments.report_to={report_to!r} names no tracker; use 'none' (or []) to "
+            "report nowhere, 'all' for every installed tracker, or tracker names"
+        )
     if "none" in names:
         if len(names) > 1:
             raise ReportToError(
@@ -75,6 +85,16 @@ def requested_names(report_to) -> list[str] | None:
     if "all" in names:  # "all" already includes whatever else is listed
         return None
     return names
+
+
+def lookup(registry: PluginRegistry, name: str):
+    """The plugin called ``name``; a different case matches when it is unambiguous
+    (``"MLflow"`` is ``mlflow``)."""
+    info = registry.get(name)
+    if info is not None:
+        return info
+    matches = [key for key in registry.plugins if key.lower() == name.lower()]
+    return registry.get(matches[0]) if len(matches) == 1 else None
 
 
 def resolve(report_to, registry: PluginRegistry, explicit_names=()) -> Selection:
@@ -107,9 +127,11 @@ def resolve(report_to, registry: PluginRegistry, explicit_names=()) -> Selection
     for name in names:
         if name in explicit_names:
             continue
-        info = registry.get(name)
+        info = lookup(registry, name)
         if info is None:
             raise ReportToError(_unknown_name_message(name, registry))
+        if info.name in explicit_names or any(c.name == info.name for c in selection.chosen):
+            continue
         if not info.available:
             fix = f"; fix: {info.fix}" if info.fix else ""
             raise ReportToError(

@@ -14,6 +14,8 @@ import math
 import os
 import shutil
 import signal
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -47,6 +49,11 @@ from .trainer_utils import (
 from .training_args import TRUTHY_ENV_VALUES, TrainingArguments
 
 logger = logging.getLogger(__name__)
+
+#: an event only the Trainer's callbacks listen to: dispatched by the CallbackHandler alone
+_CALLBACKS_ONLY = object()
+#: reusable (nullcontext keeps no state): one fewer object per step without mixed precision
+_NO_AUTOCAST = contextlib.nullcontext()
 
 WEIGHTS_NAME = "model.safetensors"
 OPTIMIZER_NAME = "optimizer.pt"
@@ -140,6 +147,8 @@ class Trainer:
         self.tracker_config = dict(tracker_config or {})
         self._explicit_trackers = list(trackers or [])
         self._tracker_hub = None
+        self._interrupts: _Interrupts | None = None  # while train() runs on the main thread
+        self._holding_step = False
         self._autocast_dtype, self.scaler = self._mixed_precision()
 
         self.state = TrainerState(
@@ -151,7 +160,10 @@ class Trainer:
         self.callback_handler = CallbackHandler([DefaultFlowCallback, *(callbacks or []), progress])
         self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.plugin_manager.add_hookspecs(hookspecs)
-        if os.environ.get("TRACKMUX_TRACE_HOOKS", "").strip().lower() in TRUTHY_ENV_VALUES:
+        self._tracing = (
+            os.environ.get("TRACKMUX_TRACE_HOOKS", "").strip().lower() in TRUTHY_ENV_VALUES
+        )
+        if self._tracing:
             self.plugin_manager.trace.root.setwriter(print)
             self.plugin_manager.enable_tracing()
         self._callback_plugin = None
@@ -187,34 +199,55 @@ class Trainer:
         self._refresh_hooks()
 
     def _refresh_hooks(self) -> None:
-        """Re-register the callbacks' bridge and note which events have listeners: an event
-        nobody implements is skipped without a pluggy call."""
+        """Re-register the callbacks' bridge and work out how each event is dispatched: not
+        at all when nobody implements it, straight to the callbacks when they are its only
+        listeners, else to the implementations in pluggy's order (through pluggy itself
+        when tracing or when a wrapper is involved). pluggy's own call machinery costs
+        several microseconds per event; this keeps an event within a plain loop's cost."""
         if self._callback_plugin is not None:
             self.plugin_manager.unregister(self._callback_plugin)
         self._callback_plugin = self.callback_handler.as_plugin()
         self.plugin_manager.register(self._callback_plugin, name="trackmux.callbacks")
-        self._live_hooks = {
-            name: caller
-            for name, caller in vars(self.plugin_manager.hook).items()
-            if isinstance(caller, pluggy.HookCaller) and caller.get_hookimpls()
-        }
+        self._live_hooks = {}
+        for name, caller in vars(self.plugin_manager.hook).items():
+            if not isinstance(caller, pluggy.HookCaller):
+                continue
+            implementations = caller.get_hookimpls()
+            if not implementations:
+                continue
+            if self._tracing or any(i.hookwrapper or i.wrapper for i in implementations):
+                self._live_hooks[name] = caller
+            elif [i.plugin for i in implementations] == [self._callback_plugin]:
+                self._live_hooks[name] = _CALLBACKS_ONLY
+            else:
+                # pluggy calls the last registered first (tryfirst/trylast already sorted)
+                self._live_hooks[name] = tuple(
+                    (i.function, tuple(i.argnames)) for i in reversed(implementations)
+                )
 
     def _event(self, event: str, **extra) -> TrainerControl:
-        caller = self._live_hooks.get(event)
-        if caller is None:
+        route = self._live_hooks.get(event)
+        if route is None:
             return self.control
-        results = caller(
-            args=self.args,
-            state=self.state,
-            control=self.control,
-            model=self.model,
-            processing_class=self.processing_class,
-            optimizer=self.optimizer,
-            lr_scheduler=self.lr_scheduler,
-            train_dataloader=self.train_dataloader,
-            eval_dataloader=self.eval_dataloader,
+        objects = {
+            "model": self.model,
+            "processing_class": self.processing_class,
+            "optimizer": self.optimizer,
+            "lr_scheduler": self.lr_scheduler,
+            "train_dataloader": self.train_dataloader,
+            "eval_dataloader": self.eval_dataloader,
             **extra,
-        )
+        }
+        if route is _CALLBACKS_ONLY:
+            self.control = self.callback_handler.call_event(
+                event, self.args, self.state, self.control, objects
+            )
+            return self.control
+        arguments = {"args": self.args, "state": self.state, "control": self.control, **objects}
+        if isinstance(route, pluggy.HookCaller):
+            results = route(**arguments)
+        else:
+            results = [function(*[arguments[n] for n in names]) for function, names in route]
         for result in results:
             if isinstance(result, TrainerControl):
                 self.control = result
@@ -305,16 +338,19 @@ class Trainer:
 
     def create_optimizer(self):
         """AdamW over the model's parameters; biases and norm weights (1-d tensors) get no
-        weight decay."""
+        weight decay (one group when there is no decay: AdamW's cost is per group)."""
         if self.optimizer is None:
             params = [p for p in self.model.parameters() if p.requires_grad]
-            groups = [
-                {
-                    "params": [p for p in params if p.ndim >= 2],
-                    "weight_decay": self.args.weight_decay,
-                },
-                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-            ]
+            if self.args.weight_decay:
+                groups = [
+                    {
+                        "params": [p for p in params if p.ndim >= 2],
+                        "weight_decay": self.args.weight_decay,
+                    },
+                    {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+                ]
+            else:
+                groups = [{"params": params, "weight_decay": 0.0}]
             self.optimizer = torch.optim.AdamW(
                 [group for group in groups if group["params"]],
                 lr=self.args.learning_rate,
@@ -358,12 +394,21 @@ class Trainer:
 
     def _autocast(self):
         if self._autocast_dtype is None:
-            return contextlib.nullcontext()
+            return _NO_AUTOCAST
         return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
 
     # ------------------------------------------------------------------------ steps
 
     def _prepare_inputs(self, inputs):
+        # the common batch first: a dict of tensors, without abc's isinstance machinery
+        if type(inputs) is dict:
+            device = self.device
+            return {
+                k: v.to(device, non_blocking=True)
+                if type(v) is torch.Tensor
+                else self._prepare_inputs(v)
+                for k, v in inputs.items()
+            }
         if isinstance(inputs, Mapping):
             return type(inputs)({k: self._prepare_inputs(v) for k, v in inputs.items()})
         if isinstance(inputs, tuple | list):
@@ -374,7 +419,7 @@ class Trainer:
 
     @staticmethod
     def _call_model(model, inputs):
-        if isinstance(inputs, Mapping):
+        if type(inputs) is dict or isinstance(inputs, Mapping):
             return model(**inputs)
         if isinstance(inputs, tuple | list):
             return model(*inputs)
@@ -384,7 +429,7 @@ class Trainer:
     def _loss_from(outputs):
         if isinstance(outputs, torch.Tensor):
             return outputs
-        if isinstance(outputs, Mapping):
+        if type(outputs) is dict or isinstance(outputs, Mapping):
             loss = outputs.get("loss")
         elif isinstance(outputs, tuple | list):
             loss = outputs[0] if outputs else None
@@ -470,6 +515,7 @@ class Trainer:
                     f"output_dir={args.output_dir!r}"
                 )
         hub = self.trackers  # resolves report_to: a bad name fails before any training
+        self._check_output_dir(hub)
         self.train_dataloader = self.get_train_dataloader()
         plan = self._plan(self.train_dataloader)
         self.state = TrainerState(
@@ -489,12 +535,100 @@ class Trainer:
         if resume_from_checkpoint:
             self._load_checkpoint(resume_from_checkpoint)
         self._stateful_callbacks_to_state()
-        with hub.session("train"), _sigterm_as_keyboard_interrupt():
-            try:
-                return self._training_loop(plan)
-            except BaseException as exception:
-                self._notify_exception(exception)
-                raise
+        self._holding_step = False
+        self._interrupts = interrupts = _Interrupts()
+        try:
+            with interrupts:
+                interrupts.hold()  # opening the trackers is not cut short by a signal...
+                with hub.session("train"):
+                    try:
+                        interrupts.release()
+                        output = self._training_loop(plan)
+                    except BaseException as exception:
+                        self._after_training_error(exception)
+                        interrupts.forget()
+                        raise
+                    finally:
+                        interrupts.hold()  # ...nor is closing them
+                interrupts.release()  # a signal that came while they closed ends train() now
+        except Terminated as terminated:
+            interrupts.pass_on(terminated)
+            raise
+        finally:
+            self._interrupts = None
+        return output
+
+    def _check_output_dir(self, hub) -> None:
+        """Fail before the first step, not at the first save, when ``output_dir`` cannot be
+        written and something will write there (checkpoints, the run log, the final model)."""
+        args = self.args
+        writes = (
+            args.save_strategy != "no"
+            or args.save_on_interrupt
+            or args.tracker_artifacts != "none"
+            or any(tracker.name == "jsonl" for tracker in hub.trackers)
+        )
+        if not writes:
+            return
+        path = args.output_dir
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as error:
+            raise type(error)(
+                f"TrainingArguments.output_dir={path!r} is not writable "
+                f"({type(error).__name__}: {error.strerror or error}); checkpoints and the "
+                "jsonl run log go there. Pass an output_dir you can write to, or fix the "
+                "permissions of that directory."
+            ) from error
+
+    def _after_training_error(self, exception: BaseException) -> None:
+        """Training stopped with ``exception``: say why when it is an interrupt, write the
+        interrupt checkpoint if asked, tell the hooks; the exception then propagates
+        unchanged."""
+        if isinstance(exception, KeyboardInterrupt):
+            cause = str(exception) or "KeyboardInterrupt"
+            logger.warning(
+                "training interrupted at step %d: %s; closing the trackers as killed",
+                self.state.global_step,
+                cause,
+            )
+            if self.args.save_on_interrupt:
+                self._save_on_interrupt()
+        self._notify_exception(exception)
+
+    def _save_on_interrupt(self) -> None:
+        state, args = self.state, self.args
+        if state.global_step == 0:
+            logger.warning("save_on_interrupt: no step was completed, no checkpoint written")
+            return
+        if self.distributed.enabled:
+            # the ranks were interrupted at different points: a save's barrier could hang
+            logger.warning(
+                "save_on_interrupt is not supported under torch.distributed: no checkpoint "
+                "written; the last regular checkpoint is the one to resume from"
+            )
+            return
+        directory = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if os.path.isfile(os.path.join(directory, STATE_FILE_NAME)):
+            logger.warning("save_on_interrupt: %s is already saved", directory)
+            return
+        interrupts = self._interrupts
+        interrupts.hold()  # a second Ctrl-C must not leave a half-written checkpoint
+        try:
+            self._save_checkpoint()
+            self._event("on_save")
+        except Exception:
+            logger.exception("save_on_interrupt: writing %s failed", directory)
+            return
+        finally:
+            interrupts.holding -= 1
+            interrupts.forget()
+        logger.warning(
+            "save_on_interrupt: saved %s; resume with train(resume_from_checkpoint=True)",
+            directory,
+        )
 
     def _notify_exception(self, exception: BaseException) -> None:
         try:
@@ -613,10 +747,10 @@ class Trainer:
             except StopIteration:
                 return False
             last = index == window - 1
-            sync = contextlib.nullcontext()
             if not last and self.distributed.enabled:
-                sync = model.no_sync()
-            with sync:
+                with model.no_sync():  # gradients are all-reduced once, on the last one
+                    self._loss_since_log += self.training_step(model, inputs, window)
+            else:
                 self._loss_since_log += self.training_step(model, inputs, window)
             if not last:
                 self._event("on_substep_end")
@@ -627,6 +761,12 @@ class Trainer:
                 self.model.parameters(), self.args.max_grad_norm
             )
         self._event("on_pre_optimizer_step")
+        # from here until the step is logged, a signal waits: an interrupt checkpoint then
+        # holds whole steps, each of them logged
+        interrupts = self._interrupts
+        if interrupts is not None:
+            interrupts.hold()
+            self._holding_step = True
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -652,6 +792,9 @@ class Trainer:
             self._steps_since_log = 0
             self.log(logs)
         control.should_log = False
+        if self._holding_step:
+            self._holding_step = False
+            self._interrupts.release()
         is_new_best = False
         if control.should_evaluate:
             control.should_evaluate = False
@@ -660,9 +803,23 @@ class Trainer:
         if self.args.save_strategy == "best":
             control.should_save = is_new_best
         if control.should_save:
-            self._save_checkpoint()
+            self._held(self._save_checkpoint)  # never left half-written by a signal
             self._event("on_save")
         control.should_save = False
+
+    def _held(self, function):
+        """``function()`` with signals held (see :class:`_Interrupts`)."""
+        interrupts = self._interrupts
+        if interrupts is None:
+            return function()
+        interrupts.hold()
+        try:
+            result = function()
+        except BaseException:
+            interrupts.holding -= 1
+            raise
+        interrupts.release()
+        return result
 
     def _update_best_metric(self, metrics: dict) -> bool:
         name = self.args.metric_for_best_model
@@ -943,19 +1100,85 @@ def _dataset_length(dataset):
         return None
 
 
-@contextlib.contextmanager
-def _sigterm_as_keyboard_interrupt():
-    """While training, SIGTERM (what schedulers send) raises KeyboardInterrupt, so trackers
-    close their runs as killed instead of dying with the process."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and ``kill`` send) during training: a ``KeyboardInterrupt``,
+    so the code that handles Ctrl-C handles it too and trackers close their runs as killed.
+    Once they are closed, ``train()`` hands the signal back to the handler that was there
+    before (by default: the process ends by SIGTERM, exit status -15, 143 in a shell)."""
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+    def __init__(self, signum: int = signal.SIGTERM):
+        self.signal = signal.Signals(signum)
+        super().__init__(f"received signal {self.signal.name}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
+
+class _Interrupts:
+    """SIGINT and SIGTERM while training, on the main thread.
+
+    Either raises at once (KeyboardInterrupt, :class:`Terminated`), except while it is
+    *held*: during a parameter update and a checkpoint write, so a checkpoint never captures
+    a half-applied step or is left half-written, and while the trackers close, so closing
+    them is never cut short. A signal that arrives then is raised when the hold ends.
+    A SIGINT handler other than Python's default, or a SIGTERM one set to ignore, is left as
+    the user installed it."""
+
+    def __init__(self):
+        self.holding = 0
+        self.pending: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        # None: a handler set outside Python, which could not be put back afterwards
+        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, None):
+            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.holding:
+            if self.pending is None:
+                self.pending = signum
+            return
+        raise _interrupt(signum)
+
+    def hold(self) -> None:
+        self.holding += 1
+
+    def release(self) -> None:
+        """End one hold; raise the signal that arrived meanwhile, if any."""
+        self.holding -= 1
+        if not self.holding and self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise _interrupt(signum)
+
+    def forget(self) -> None:
+        """Drop what arrived during a hold: training is being interrupted already."""
+        self.pending = None
+
+    def pass_on(self, interrupt: Terminated) -> None:
+        """After the trackers closed: give SIGTERM to the handler that was installed before
+        training (the default one ends the process, as it would have without trackmux)."""
+        previous = self.previous.get(signal.SIGTERM)
+        if previous is None:  # not installed by us (another thread, or SIGTERM ignored)
+            return
         signal.signal(signal.SIGTERM, previous)
+        if previous is signal.SIG_DFL:
+            for stream in (sys.stdout, sys.stderr):  # the process ends inside os.kill
+                try:
+                    stream.flush()
+                except (AttributeError, OSError, ValueError):
+                    pass
+            os.kill(os.getpid(), interrupt.signal)
+        elif callable(previous):
+            previous(interrupt.signal, None)
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt()

@@ -2,7 +2,8 @@
 
 :class:`TrainingArguments` mirrors the names and defaults of Hugging Face
 ``transformers.TrainingArguments`` for the options trackmux supports, and adds a few
-trackmux-only options (the ``tracker_*`` fields) that control the experiment-tracker plugins.
+trackmux-only options (the ``tracker_*`` fields, which control the experiment-tracker plugins,
+and ``save_on_interrupt``).
 
 Every value is checked when the object is built, and again whenever a field is reassigned
 afterwards, so a typo or an out-of-range number fails early with a message that names the
@@ -371,6 +372,7 @@ _FIELD_CHECKS: dict[str, Checker] = {
     "tracker_artifacts": _check_choice("tracker_artifacts", TRACKER_ARTIFACT_POLICIES),
     "tracker_queue_size": _check_int("tracker_queue_size", low=1),
     "tracker_close_timeout": _check_float("tracker_close_timeout", low=0, low_inclusive=False),
+    "save_on_interrupt": _check_bool("save_on_interrupt"),
 }
 
 # Fields that validate() may fill in from other fields (as Hugging Face does in __post_init__).
@@ -508,6 +510,7 @@ class TrainingArguments:
     tracker_artifacts: str = "none"
     tracker_queue_size: int = 10000
     tracker_close_timeout: float = 30.0
+    save_on_interrupt: bool = False
 
     # ----------------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """Run by tests/test_distributed.py under torchrun (CPU, gloo): trains the toy model on every
 rank and writes what this rank saw to ``<outdir>/rank<r>.json``.
 
-Each rank gets its own output_dir, so the files each rank wrote can be told apart.
+Each rank gets its own output_dir, so the files each rank wrote can be told apart. An
+optional second argument, JSON, sets ``report_to`` and ``tracker_config`` (default: jsonl
+only): tests/integration/test_reliability_backends.py runs it with real trackers.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class LocalLossTrainer(Trainer):
         return loss
 
 
-def main(outdir: str) -> None:
+def main(outdir: str, options: dict) -> None:
     rank = int(os.environ["RANK"])
     torch.manual_seed(0)  # the same initial weights on every rank
     train_dataset = SeenDataset(48)
@@ -57,13 +59,17 @@ def main(outdir: str) -> None:
         eval_strategy="steps",
         eval_steps=3,
         save_steps=3,
-        report_to=["jsonl"],
+        report_to=options.get("report_to", ["jsonl"]),
         run_name="ddp",
         disable_tqdm=True,
         seed=11,
     )
     trainer = LocalLossTrainer(
-        TinyRegressor(), args, train_dataset=train_dataset, eval_dataset=eval_dataset
+        TinyRegressor(),
+        args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        tracker_config=options.get("tracker_config"),
     )
     trainer.local_losses = {}
     trainer.train()
@@ -92,4 +98,4 @@ def main(outdir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
