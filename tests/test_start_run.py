@@ -287,3 +287,25 @@ def test_a_new_run_under_a_used_name_gets_its_own_log(tmp_path):
     assert run.identities == {"jsonl": {"run": "same-2"}}
     assert read_run(tmp_path / "runs" / "same").history("loss") == [(0, 2.0)]
     assert read_run(tmp_path / "runs" / "same-2").history("loss") == [(0, 1.0)]
+
+
+def test_a_tracker_abandoned_for_a_full_queue_is_not_waited_for_again_at_close(tmp_path, caplog):
+    release = threading.Event()
+
+    class Hung(Recorder):
+        name = "hung"
+
+        def log_metrics(self, metrics, step, epoch=None):
+            release.wait(10)
+
+    run = trackmux.start_run(
+        "none", trackers=[Hung()], output_dir=tmp_path, queue_size=1, close_timeout=0.3
+    )
+    for step in range(5):
+        run.log({"loss": 1.0}, step=step)
+    began = time.monotonic()
+    run.finish()
+    release.set()
+    assert time.monotonic() - began < 0.3  # given up on once, not a second timeout
+    warnings = [r.getMessage() for r in caplog.records if "abandoning" in r.getMessage()]
+    assert len(warnings) == 1 and "made no progress" in warnings[0]

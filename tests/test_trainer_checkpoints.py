@@ -163,3 +163,14 @@ def test_save_model_writes_loadable_weights(tmp_path):
     assert directory == str(tmp_path / "final")
     for name, tensor in trainer.model.state_dict().items():
         assert torch.equal(weights[name], tensor), name
+
+
+def test_the_last_checkpoint_is_the_newest_complete_one(tmp_path):
+    from trackmux.trainer_utils import get_last_checkpoint
+
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-6").mkdir()  # killed while saving: no trainer_state.json yet
+    assert get_last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert get_last_checkpoint(tmp_path / "nothing-here") is None

@@ -226,8 +226,8 @@ class TrackerWorker:
 
     def join(self, timeout: float, configured: float | None = None) -> None:
         """Wait at most ``timeout`` s for the stopped worker; abandon it if still busy."""
-        if self._thread is None:
-            return
+        if self._thread is None or self._abandoned:
+            return  # an abandoned worker was already given up on (and said so)
         self._thread.join(timeout)
         if self._thread.is_alive():
             limit = configured if configured is not None else timeout

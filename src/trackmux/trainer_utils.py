@@ -140,5 +140,9 @@ def sorted_checkpoints(output_dir) -> list[str]:
 
 
 def get_last_checkpoint(output_dir) -> str | None:
-    checkpoints = sorted_checkpoints(output_dir)
-    return checkpoints[-1] if checkpoints else None
+    """The newest complete checkpoint: its trainer_state.json, written last, is there (a
+    process killed while saving leaves a directory without one)."""
+    for checkpoint in reversed(sorted_checkpoints(output_dir)):
+        if os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
+            return checkpoint
+    return None
