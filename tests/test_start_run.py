@@ -299,7 +299,7 @@ def test_a_tracker_abandoned_for_a_full_queue_is_not_waited_for_again_at_close(t
             release.wait(10)
 
     run = trackmux.start_run(
-        "none", trackers=[Hung()], output_dir=tmp_path, queue_size=1, close_timeout=0.3
+        "none", trackers=[Hung()], output_dir=tmp_path, queue_size=1, stall_timeout=0.3
     )
     for step in range(5):
         run.log({"loss": 1.0}, step=step)

@@ -71,6 +71,7 @@ TRACKMUX_DEFAULTS = {
     "tracker_artifacts": "none",
     "tracker_queue_size": 10000,
     "tracker_close_timeout": 30.0,
+    "tracker_stall_timeout": 300.0,
     "save_on_interrupt": False,
 }
 
@@ -111,11 +112,12 @@ def test_field_set_and_order():
     names = [f.name for f in dataclasses.fields(TrainingArguments)]
     assert set(names) == set(HF_DEFAULTS) | set(TRACKMUX_DEFAULTS)
     assert names[0] == "output_dir"
-    assert names[-5:] == [
+    assert names[-6:] == [
         "tracker_strict",
         "tracker_artifacts",
         "tracker_queue_size",
         "tracker_close_timeout",
+        "tracker_stall_timeout",
         "save_on_interrupt",
     ]
 
@@ -290,6 +292,7 @@ BAD_VALUES = [
     ("tracker_queue_size", True, TypeError, "an int >= 1"),
     ("tracker_close_timeout", 0, ValueError, "finite number > 0"),
     ("tracker_close_timeout", -3.0, ValueError, "finite number > 0"),
+    ("tracker_stall_timeout", 0, ValueError, "finite number > 0"),
 ]
 
 

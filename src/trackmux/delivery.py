@@ -54,7 +54,7 @@ class TrackerWorker:
         queue_size: int = 10000,
         strict: bool = False,
         on_stall=None,
-        give_up_after: float = 30.0,
+        give_up_after: float = 300.0,
     ):
         self.tracker = tracker
         self.name = tracker.name or type(tracker).__name__
@@ -81,7 +81,8 @@ class TrackerWorker:
         self.batch_window = tracker.batch_window_seconds()
         self.queue_size = queue_size
         #: seconds the loop waits on a full queue that does not move before it abandons
-        #: the tracker (the close timeout: the most any tracker may hold the loop)
+        #: the tracker (TrainingArguments.tracker_stall_timeout): a slow backend only slows
+        #: training, a dead one cannot hold it forever
         self.give_up_after = give_up_after
         self._taken = 0  # items the worker took off the queue: its progress
         self._stuck_at: int | None = None  # progress when a flush last timed out
@@ -143,16 +144,19 @@ class TrackerWorker:
                     progress, moved = self._taken, now
                 elif now - moved >= self.give_up_after:
                     self._abandon(
-                        f"made no progress for {self.give_up_after:g} s with a full queue"
+                        f"made no progress for {self.give_up_after:g} s with a full queue",
+                        "tracker_stall_timeout",
                     )
                     return False
                 if not warned and now - began >= STALL_WARNING_AFTER:
                     warned = True
                     logger.warning(
                         "tracker %r is behind: its queue is full (%d records); training waits "
-                        "for it (nothing is dropped)",
+                        "for it (nothing is dropped) up to %g s without progress "
+                        "(TrainingArguments.tracker_stall_timeout)",
                         self.name,
                         self.queue_size,
+                        self.give_up_after,
                     )
                 time.sleep(0.001)
             return True
@@ -238,14 +242,15 @@ class TrackerWorker:
         self.stop()
         self.join(timeout)
 
-    def _abandon(self, why: str) -> None:
+    def _abandon(self, why: str, setting: str = "tracker_close_timeout") -> None:
         self.abandoned = self.pending
         logger.warning(
             "tracker %r %s: abandoning it with %d records it had not delivered "
-            "(TrainingArguments.tracker_close_timeout); training and the other trackers go on",
+            "(TrainingArguments.%s); training and the other trackers go on",
             self.name,
             why,
             self.abandoned,
+            setting,
         )
         self.disabled = True
         self._abandoned = True

@@ -118,6 +118,7 @@ class TrackerHub:
             queue_size=args.tracker_queue_size,
             strict=args.strict_trackers,
             close_timeout=args.tracker_close_timeout,
+            stall_timeout=args.tracker_stall_timeout,
             on_stall=self._show_stall,
         ).open()
 

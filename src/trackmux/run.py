@@ -93,6 +93,7 @@ class Run:
         queue_size: int = 10000,
         strict: bool = False,
         close_timeout: float = 30.0,
+        stall_timeout: float = 300.0,
         on_stall=None,
     ):
         self.trackers = list(trackers)
@@ -106,6 +107,7 @@ class Run:
         self.queue_size = queue_size
         self.strict = strict
         self.close_timeout = close_timeout
+        self.stall_timeout = stall_timeout
         self.on_stall = on_stall
         self.status: str | None = None
         self.identities: dict[str, dict] = {}
@@ -127,7 +129,7 @@ class Run:
                 queue_size=self.queue_size,
                 strict=self.strict,
                 on_stall=self.on_stall,
-                give_up_after=self.close_timeout,
+                give_up_after=self.stall_timeout,
             )
             self.workers.append(worker)
             tracker._worker = worker
@@ -320,6 +322,7 @@ def start_run(
     strict: bool | None = None,
     queue_size: int = 10000,
     close_timeout: float = 30.0,
+    stall_timeout: float = 300.0,
 ) -> Run:
     """Open a run in the trackers ``report_to`` chooses, for any training loop.
 
@@ -336,6 +339,8 @@ def start_run(
         raise ValueError(f"start_run(queue_size={queue_size!r}): must be an int >= 1")
     if not isinstance(close_timeout, int | float) or close_timeout <= 0:
         raise ValueError(f"start_run(close_timeout={close_timeout!r}): must be a number > 0")
+    if not isinstance(stall_timeout, int | float) or stall_timeout <= 0:
+        raise ValueError(f"start_run(stall_timeout={stall_timeout!r}): must be a number > 0")
     if resume is not None and not isinstance(resume, dict):
         raise TypeError(
             f"start_run(resume={resume!r}): pass the identities of a previous run "
@@ -360,6 +365,7 @@ def start_run(
             else bool(strict)
         ),
         close_timeout=float(close_timeout),
+        stall_timeout=float(stall_timeout),
     )
     return run.open(start=False)
 

@@ -372,6 +372,7 @@ _FIELD_CHECKS: dict[str, Checker] = {
     "tracker_artifacts": _check_choice("tracker_artifacts", TRACKER_ARTIFACT_POLICIES),
     "tracker_queue_size": _check_int("tracker_queue_size", low=1),
     "tracker_close_timeout": _check_float("tracker_close_timeout", low=0, low_inclusive=False),
+    "tracker_stall_timeout": _check_float("tracker_stall_timeout", low=0, low_inclusive=False),
     "save_on_interrupt": _check_bool("save_on_interrupt"),
 }
 
@@ -510,6 +511,7 @@ class TrainingArguments:
     tracker_artifacts: str = "none"
     tracker_queue_size: int = 10000
     tracker_close_timeout: float = 30.0
+    tracker_stall_timeout: float = 300.0
     save_on_interrupt: bool = False
 
     # ----------------------------------------------------------------------------------------

@@ -107,9 +107,9 @@ def test_a_hung_tracker_costs_the_saves_one_close_timeout_in_all(tmp_path, caplo
 
 def test_a_hung_tracker_with_a_full_queue_is_abandoned(tmp_path, caplog, gate, record_property):
     """Back-pressure makes the loop wait on a full queue, but not forever: a queue that has
-    not moved for tracker_close_timeout is abandoned and training goes on."""
+    not moved for tracker_stall_timeout is abandoned and training goes on."""
     hung = hung_tracker(gate, "log_metrics")
-    trainer = make_trainer(tmp_path, [hung], tracker_queue_size=2, tracker_close_timeout=0.5)
+    trainer = make_trainer(tmp_path, [hung], tracker_queue_size=2, tracker_stall_timeout=0.5)
     # a daemon thread: were the loop to wait forever, the test would still end
     worker = threading.Thread(target=trainer.train, daemon=True)
     worker.start()
@@ -123,6 +123,7 @@ def test_a_hung_tracker_with_a_full_queue_is_abandoned(tmp_path, caplog, gate, r
     assert len(jsonl_records(tmp_path)) == count == 7
     warning = [m for m in abandoned_warnings(caplog) if "'hung'" in m][0]
     assert "no progress for 0.5 s with a full queue" in warning
+    assert "tracker_stall_timeout" in warning
     held = int(re.search(r"with (\d+) records", warning).group(1))
     # one record in its hands and a full queue (the one the loop waited to put may count)
     assert held in (3, 4)
