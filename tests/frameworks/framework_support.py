@@ -32,6 +32,24 @@ def run_script(code: str, cwd: Path, timeout: float = 240) -> subprocess.Complet
     )
 
 
+def import_error_without(framework: str, tmp_path: Path) -> str:
+    """What importing ``trackmux.integrations.<framework>`` says when the framework is not
+    installed (run in a fresh interpreter where it cannot be imported)."""
+    code = (
+        "import sys\n"
+        f"sys.modules[{framework!r}] = None  # as if it were not installed\n"
+        "try:\n"
+        f"    import trackmux.integrations.{framework}\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+        "else:\n"
+        f"    raise SystemExit('imported without {framework}')\n"
+    )
+    result = run_script(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import torch  # noqa: E402
 from framework_support import (  # noqa: E402
     close_to,
     doc_examples,
+    import_error_without,
     mlflow_metrics,
     run_script,
     tensorboard_scalars,
@@ -110,21 +110,7 @@ def fit(logger, model=None, **overrides) -> tuple[L.Trainer, Recorder]:
 
 
 def test_import_without_lightning_names_the_extra(tmp_path):
-    code = textwrap.dedent(
-        """
-        import sys
-        sys.modules["lightning"] = None  # as if it were not installed
-        try:
-            import trackmux.integrations.lightning
-        except ImportError as error:
-            print(error)
-        else:
-            raise SystemExit("imported without lightning")
-        """
-    )
-    result = run_script(code, tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "pip install 'trackmux[lightning]'" in result.stdout
+    assert "pip install 'trackmux[lightning]'" in import_error_without("lightning", tmp_path)
 
 
 def test_every_logged_metric_reaches_the_run_log(trackmux_env):

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ pytest.importorskip("accelerate")
 from framework_support import (  # noqa: E402
     close_to,
     doc_examples,
+    import_error_without,
     mlflow_metrics,
     run_script,
     tensorboard_scalars,
@@ -111,21 +111,7 @@ def only_run(output_dir):
 
 
 def test_import_without_transformers_names_the_extra(tmp_path):
-    code = textwrap.dedent(
-        """
-        import sys
-        sys.modules["transformers"] = None  # as if it were not installed
-        try:
-            import trackmux.integrations.transformers
-        except ImportError as error:
-            print(error)
-        else:
-            raise SystemExit("imported without transformers")
-        """
-    )
-    result = run_script(code, tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "pip install 'trackmux[transformers]'" in result.stdout
+    assert "pip install 'trackmux[transformers]'" in import_error_without("transformers", tmp_path)
 
 
 def test_every_log_reaches_the_run_log(trackmux_env):
