@@ -53,6 +53,9 @@ class DVCLiveTracker(Tracker):
     pip_name = "trackmux-dvclive"
     artifacts_env = LOG_MODEL_ENV
 
+    # records gathered for half a second are written in one go
+    batch_window = 0.5
+
     def __init__(self, **settings):
         super().__init__(**settings)
         self.live = None
