@@ -232,21 +232,29 @@ class RunResult:
 
 @dataclass
 class Contender:
-    """``report_to`` is None for the plain loop; ``trackers`` names the tracker set a
-    trackmux contender resolves to (used to skip duplicates)."""
+    """``report_to`` is None for the plain loop and the peers; ``trackers`` names the tracker
+    set a trackmux contender resolves to (used to skip duplicates); ``peer`` is
+    "transformers" or "lightning" for another framework's trainer (``trackers`` then holds
+    "tensorboard" when it logs to TensorBoard)."""
 
     name: str
     report_to: str | list[str] | None = None
     trackers: frozenset[str] = frozenset()
     slow: bool = False
+    peer: str | None = None
 
     @property
     def plain(self) -> bool:
-        return self.report_to is None
+        return self.report_to is None and self.peer is None
 
     def run(
         self, task: Task, window: Window, workdir: str, profiler=None, settled: bool = True
     ) -> RunResult:
+        if self.peer is not None:
+            import peers
+
+            run = peers.run_transformers if self.peer == "transformers" else peers.run_lightning
+            return run(task, window, workdir, "tensorboard" in self.trackers, profiler)
         if self.plain:
             return run_plain(task, window, profiler=profiler)
         return run_trackmux(task, window, self.report_to, workdir, self.slow, profiler, settled)
@@ -390,9 +398,12 @@ def run_trackmux(
     return trackmux_model(task, window, report_to, workdir, slow, profiler, settled)[1]
 
 
-def build_contenders(registry=None, extra=()) -> tuple[list[Contender], list[tuple[str, str]]]:
+def build_contenders(
+    registry=None, extra=(), peers: bool = True
+) -> tuple[list[Contender], list[tuple[str, str]]]:
     """The contenders this environment can run, and ``(name, why)`` for those skipped.
-    ``extra``: more tracker sets to time, each a list of ``report_to`` names."""
+    ``extra``: more tracker sets to time, each a list of ``report_to`` names; ``peers``:
+    also Hugging Face's Trainer and Lightning, where installed."""
     from trackmux.plugins import get_registry
     from trackmux.report_to import resolve
 
@@ -426,4 +437,29 @@ def build_contenders(registry=None, extra=()) -> tuple[list[Contender], list[tup
     for names in extra:
         add(list(names))
     chosen.append(Contender("slow-tracker", "none", frozenset({"slow"}), slow=True))
+    if peers:
+        found, missing = peer_contenders()
+        chosen += found
+        skipped += missing
+    return chosen, skipped
+
+
+def peer_contenders() -> tuple[list[Contender], list[tuple[str, str]]]:
+    """Hugging Face's Trainer and Lightning, each without a logger and with TensorBoard,
+    where installed; ``(name, why)`` for the others."""
+    import peers
+
+    chosen, skipped = [], []
+    for peer, missing in (
+        ("transformers", peers.transformers_missing()),
+        ("lightning", peers.lightning_missing()),
+    ):
+        for tensorboard in (False, True):
+            name = f"{peer}+tensorboard" if tensorboard else peer
+            why = missing or (peers.tensorboard_missing() if tensorboard else None)
+            if why:
+                skipped.append((name, why))
+            else:
+                trackers = frozenset({"tensorboard"}) if tensorboard else frozenset()
+                chosen.append(Contender(name, trackers=trackers, peer=peer))
     return chosen, skipped

@@ -3,12 +3,15 @@
     python benchmarks/run.py [--quick] [--steps N] [--repeats R] [--out DIR]
                              [--models tiny,medium] [--logging-steps 1,10]
                              [--contenders plain,trackmux-none,...] [--profile]
+                             [--parts steps,dispatch,memory,startup] [--stall-seconds S]
                              [--startup | --no-startup]
 
 Every contender trains the same model on the same batches; the contenders are interleaved
 (round-robin, the order rotated each repeat) so machine noise hits them alike. The figure
 for a contender is the median of its per-repeat seconds per step; its ratio is that median
-over the plain loop's. See benchmarks/README.md for the method and how to read results.
+over the plain loop's. The same invocation also measures hook dispatch (dispatch.py),
+memory with a stalled tracker (memory.py) and start-up (startup.py). See benchmarks/README.md
+for the method and how to read results.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # run as a file or imported by the tests
     sys.path.insert(0, str(HERE))
 
+import dispatch  # noqa: E402
+import memory  # noqa: E402
+import peers  # noqa: E402
 import startup  # noqa: E402
 from contenders import (  # noqa: E402
     SLOW_TRACKER_DELAY,
@@ -54,10 +60,22 @@ QUIET_ENV = {
     "CODECARBON_LOG_LEVEL": "error",
     "TRACKMUX_VERBOSITY": "warning",
 }
-QUICK = {"repeats": 3, "steps": {"tiny": 200, "medium": 20}, "startup_runs": 3}
+QUICK = {
+    "repeats": 3,
+    "steps": {"tiny": 200, "medium": 20},
+    "startup_runs": 3,
+    "dispatch": {"events": 2000, "repeats": 3},
+    "memory": {"stall_seconds": 3.0, "queue_sizes": (20, 2000)},
+}
 # many short rounds rather than a few long ones: a burst of load from another process then
 # spoils one round of each contender, which the median discards
-FULL = {"repeats": 9, "startup_runs": 10}
+FULL = {
+    "repeats": 9,
+    "startup_runs": 10,
+    "dispatch": {"events": 20000, "repeats": 9},
+    "memory": {"stall_seconds": memory.STALL_SECONDS, "queue_sizes": memory.QUEUE_SIZES},
+}
+PARTS = ("steps", "dispatch", "memory", "startup")
 PROFILE_THRESHOLD = 1.05
 
 
@@ -100,10 +118,36 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="also profile trackmux-none against plain (cProfile) for each model and interval",
     )
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"what to measure, comma-separated (default: all of {','.join(PARTS)})",
+    )
+    parser.add_argument(
+        "--stall-seconds",
+        type=float,
+        help=f"memory: how long the tracker stalls (default {memory.STALL_SECONDS:g}; --quick: 3)",
+    )
+    parser.add_argument(
+        "--queue-sizes", help="memory: tracker_queue_size values, comma-separated (100,10000)"
+    )
+    parser.add_argument(
+        "--close-timeout",
+        type=float,
+        help="memory: TrainingArguments.tracker_close_timeout (default: the Trainer's)",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--startup", action="store_true", help="only the start-up figures")
     group.add_argument("--no-startup", action="store_true", help="skip the start-up figures")
     options = parser.parse_args(argv)
+    options.parts = [part.strip() for part in options.parts.split(",") if part.strip()]
+    unknown = [part for part in options.parts if part not in PARTS]
+    if unknown:
+        parser.error(f"--parts: unknown {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    if options.startup:
+        options.parts = ["startup"]
+    elif options.no_startup:
+        options.parts = [part for part in options.parts if part != "startup"]
     options.models = [name.strip() for name in options.models.split(",") if name.strip()]
     unknown = [name for name in options.models if name not in TASKS]
     if unknown:
@@ -119,6 +163,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     preset = QUICK if options.quick else FULL
     options.repeats = options.repeats or preset["repeats"]
     options.startup_runs = preset["startup_runs"]
+    options.dispatch = preset["dispatch"]
+    options.memory = dict(preset["memory"])
+    if options.stall_seconds is not None:
+        options.memory["stall_seconds"] = options.stall_seconds
+    if options.close_timeout is not None:
+        options.memory["close_timeout"] = options.close_timeout
+    if options.queue_sizes:
+        options.memory["queue_sizes"] = tuple(
+            int(n) for n in options.queue_sizes.split(",") if n.strip()
+        )
     steps = preset.get("steps", {})
     options.windows = {}
     for name in options.models:
@@ -179,13 +233,23 @@ def equivalence(options, workdir: str) -> dict:
         window = Window(steps=8, warmup=2, logging_steps=min(options.logging_steps))
         plain, _ = plain_model(task, window)
         mine, _ = trackmux_model(task, window, "none", os.path.join(workdir, "equivalence"))
-        mine_state = mine.state_dict()
-        difference = max(
-            (value - mine_state[key].to(value.device)).abs().max().item()
-            for key, value in plain.state_dict().items()
-        )
-        report[name] = {"max_abs_weight_difference": difference, "same": difference <= 1e-6}
+        report[name] = _same_weights(plain, mine)
+        if peers.lightning_missing() is None:
+            # Lightning trains on the plain loop's DataLoader: the same batches, so the same
+            # weights. Hugging Face's Trainer draws its own batch order: same work, other
+            # numbers, so it is not compared.
+            theirs, _ = peers.lightning_model(task, window, os.path.join(workdir, "equivalence"))
+            report[name]["lightning"] = _same_weights(plain, theirs)
     return report
+
+
+def _same_weights(plain, other) -> dict:
+    state = other.state_dict()
+    difference = max(
+        (value - state[key].to(value.device)).abs().max().item()
+        for key, value in plain.state_dict().items()
+    )
+    return {"max_abs_weight_difference": difference, "same": difference <= 1e-6}
 
 
 # --------------------------------------------------------------------------- measurement
@@ -321,18 +385,59 @@ def plot(rows: list[dict], path: Path) -> bool:
     names = [n for n in dict.fromkeys(r["contender"] for r in rows) if n != "plain"]
     ratio = {(r["model"], r["logging_steps"], r["contender"]): r["ratio"] for r in rows}
     width = 0.8 / max(1, len(names))
-    figure, axes = plt.subplots(figsize=(min(14, 2 + len(groups) * (0.5 + 0.4 * len(names))), 4.5))
+    figure, axes = plt.subplots(figsize=(11, 4.2))
     for index, name in enumerate(names):
         xs = [g + index * width for g in range(len(groups))]
-        axes.bar(xs, [ratio.get((*group, name), 0) for group in groups], width, label=name)
+        values = [ratio.get((*group, name), 1.0) for group in groups]
+        # bars start at the plain loop (1.0): above it costs, below it is noise
+        axes.bar(xs, [v - 1.0 for v in values], width, bottom=1.0, label=name)
     axes.axhline(1.0, color="black", linewidth=0.8)
+    # a tracker set can cost 10x on the tiny model: a log scale keeps 1.05 readable next to it
+    axes.set_yscale("log")
+    low = min(0.9, 0.95 * min(ratio.values(), default=1))
+    high = 1.15 * max(ratio.values(), default=1)
+    axes.set_ylim(low, high)
+    ticks = [t for t in (0.5, 0.7, 0.9, 1, 1.1, 1.5, 2, 3, 5, 10, 20) if low <= t <= high]
+    axes.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    axes.minorticks_off()
     axes.set_xticks([g + width * (len(names) - 1) / 2 for g in range(len(groups))])
     axes.set_xticklabels([f"{model}\nlog every {n}" for model, n in groups])
-    axes.set_ylabel("time per step / plain loop")
-    axes.set_title("trackmux overhead (1.0 = plain PyTorch loop)")
-    axes.legend(fontsize="small", loc="upper left", ncol=2)
+    axes.set_ylabel("time per step / plain loop (log scale)")
+    axes.set_title("time per step, median over repeats (1.0 = plain PyTorch loop)")
+    axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def plot_dispatch(result: dict, path: Path) -> bool:
+    """ns per event against the number of callbacks / trackers, trackmux and the plain loop."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = list(dict.fromkeys((r["kind"], r["event"]) for r in result["rows"]))
+    figure, all_axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6))
+    for axes, (kind, event) in zip(all_axes if len(panels) > 1 else [all_axes], panels):
+        rows = [r for r in result["rows"] if (r["kind"], r["event"]) == (kind, event)]
+        counts = [r["count"] for r in rows]
+        for name in rows[0]["ns_per_event"]:
+            values = [r["ns_per_event"][name] / 1000 for r in rows]
+            axes.plot(counts, values, marker="o", label=name)
+        axes.set_xticks(counts)
+        axes.set_xlabel(kind)
+        axes.set_title(event, fontsize="medium")
+        axes.set_ylim(bottom=0)
+        axes.legend(fontsize="x-small")
+    all_axes_first = all_axes[0] if len(panels) > 1 else all_axes
+    all_axes_first.set_ylabel("us per event")
+    figure.suptitle("hook dispatch: one event, n listeners")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
 
@@ -342,6 +447,98 @@ def write_results(out: Path, results: dict) -> Path:
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def targets(results: dict) -> list[dict]:
+    """Issue 7's targets, each with the figure this run measured and whether it is met.
+    Step figures are the tiny model logging every 10 steps (median ratio to the plain loop,
+    ``best`` beside it); a target whose contender or part did not run is left out."""
+    checks: list[dict] = []
+
+    def add(name: str, figure: float, limit: float, unit: str, best: float | None = None):
+        checks.append(
+            {
+                "target": name,
+                "figure": figure,
+                "best": best,
+                "limit": limit,
+                "unit": unit,
+                "met": figure <= limit,
+            }
+        )
+
+    rows = {
+        r["contender"]: r
+        for r in results.get("results", [])
+        if r["model"] == "tiny" and r["logging_steps"] == 10
+    }
+    if "trackmux-none" in rows:
+        none = rows["trackmux-none"]
+        add('report_to="none"', none["ratio"], 1.05, "x plain", none["min_ratio"])
+        four = rows.get("trackmux-jsonl+tensorboard+mlflow+dvclive")
+        if four is not None:
+            add(
+                "jsonl + tensorboard + mlflow + dvclive",
+                four["ratio"],
+                1.10,
+                "x plain",
+                four["min_ratio"],
+            )
+        slow = rows.get("slow-tracker")
+        if slow is not None:
+            # what the 50 ms tracker adds to the same Trainer without it
+            add(
+                "a 50 ms tracker (slow-tracker / trackmux-none)",
+                slow["median_s"] / none["median_s"],
+                1.02,
+                "x",
+                slow["min_s"] / none["min_s"],
+            )
+        for peer in ("transformers", "lightning"):
+            if peer in rows:
+                # beaten: trackmux-none's ratio below the peer's, so the figure is their quotient
+                add(
+                    f"trackmux-none beats {peer} ({rows[peer]['ratio']:.2f}x plain)",
+                    none["ratio"] / rows[peer]["ratio"],
+                    1.0,
+                    "x the peer",
+                    none["min_ratio"] / rows[peer]["min_ratio"],
+                )
+    for row in results.get("dispatch", {}).get("rows", []):
+        if row["kind"] == "callbacks":
+            add(
+                f"dispatch {row['event']}, {row['count']} callback(s)",
+                row["ratio"]["trackmux"],
+                2.0,
+                "x plain loop",
+            )
+    for run in results.get("memory", {}).get("runs", []):
+        add(
+            f"memory: records lost, queue {run['queue_size']}",
+            run["logged"] - run["delivered"],
+            0,
+            "records",
+        )
+    start = results.get("startup")
+    if start:
+        add("import trackmux", start["import"]["import_trackmux_s"] * 1e3, 50, "ms")
+        add("trackmux plugins", start["plugins_command"]["trackmux_plugins_s"] * 1e3, 500, "ms")
+        add("Trainer beyond import torch", start["construction"]["construction_s"] * 1e3, 200, "ms")
+    return checks
+
+
+def format_targets(checks: list[dict]) -> str:
+    lines = ["targets (issue 7)"]
+    for check in checks:
+        best = "" if check["best"] is None else f" (best {check['best']:.2f})"
+        lines.append(
+            f"  {'met ' if check['met'] else 'MISS'}  {check['target']:<52} "
+            f"{check['figure']:8.2f}{best} {check['unit']}, target <= {check['limit']:g}"
+        )
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
@@ -360,19 +557,42 @@ def main(argv=None) -> int:
         torch.set_num_threads(options.threads)
         results["machine"]["torch_threads"] = options.threads
 
-    if not options.startup:
+    if "steps" in options.parts:
         results.update(run_steps(options, out))
-    if not options.no_startup:
+    if "dispatch" in options.parts:
+        _say(
+            f"dispatch: {options.dispatch['repeats']} repeats of "
+            f"{options.dispatch['events']} events"
+        )
+        results["dispatch"] = dispatch.measure(**options.dispatch)
+        print()
+        print(dispatch.format_report(results["dispatch"]))
+    if "memory" in options.parts:
+        settings = options.memory
+        _say(
+            f"memory: a tracker stalled {settings['stall_seconds']:g} s, queue sizes "
+            f"{', '.join(map(str, settings['queue_sizes']))}"
+        )
+        results["memory"] = memory.measure(**settings)
+        print()
+        print(memory.format_report(results["memory"]))
+    if "startup" in options.parts:
         _say(f"start-up: {options.startup_runs} fresh processes per figure")
         results["startup"] = startup.measure(options.startup_runs)
         print()
         print(startup.format_report(results["startup"]))
+    results["targets"] = targets(results)
+    if results["targets"]:
+        print()
+        print(format_targets(results["targets"]))
     results["elapsed_s"] = time.perf_counter() - began
     path = write_results(out, results)
+    written = [path]
     if "results" in results and plot(results["results"], out / "results.png"):
-        print(f"\nwrote {path} and {out / 'results.png'}")
-    else:
-        print(f"\nwrote {path}")
+        written.append(out / "results.png")
+    if "dispatch" in results and plot_dispatch(results["dispatch"], out / "dispatch.png"):
+        written.append(out / "dispatch.png")
+    print(f"\nwrote {', '.join(map(str, written))}")
     return 0
 
 
@@ -400,11 +620,12 @@ def _run_steps(options, out: Path, workdir: str) -> dict:
         _say(f"skipped {name}: {why}")
     check = equivalence(options, workdir)
     for name, verdict in check.items():
-        if not verdict["same"]:
-            _say(
-                f"WARNING: plain and trackmux-none weights differ on {name} by "
-                f"{verdict['max_abs_weight_difference']:.3g}: the floor is not the same work"
-            )
+        for who, figures in (("trackmux-none", verdict), ("lightning", verdict.get("lightning"))):
+            if figures is not None and not figures["same"]:
+                _say(
+                    f"WARNING: plain and {who} weights differ on {name} by "
+                    f"{figures['max_abs_weight_difference']:.3g}: not the same work"
+                )
     _say(
         f"{len(contenders)} contenders x {len(options.windows)} (model, interval) x "
         f"{options.repeats} repeats"
@@ -434,6 +655,7 @@ def _run_steps(options, out: Path, workdir: str) -> dict:
                 "name": c.name,
                 "report_to": c.report_to,
                 "trackers": sorted(c.trackers),
+                "peer": c.peer,
             }
             for c in contenders
         ],

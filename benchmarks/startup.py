@@ -4,6 +4,8 @@
   ``python -c "pass"`` (medians, the two interleaved), and the ``-X importtime`` total;
 - plugin discovery: ``trackmux.plugins.get_registry()`` timed inside a fresh process, after
   ``import trackmux``;
+- ``trackmux plugins``: the whole command (``python -m trackmux plugins``, what the console
+  script runs), wall time of a fresh process, with every plugin of this environment found;
 - Trainer construction beyond ``import torch``: in a fresh process, torch is imported first,
   then ``import trackmux`` + ``Trainer(TinyRegressor(), TrainingArguments(report_to="none"))``
   is timed.
@@ -125,10 +127,12 @@ def measure(runs: int = 10) -> dict:
     with tempfile.TemporaryDirectory(prefix="trackmux-bench-startup-") as cwd:
         # fill the OS file cache and the .pyc caches before anything is timed
         _wall(["-c", "import trackmux.trainer"], env, cwd)
-        empty, imported = [], []
+        _wall(["-m", "trackmux", "plugins"], env, cwd)
+        empty, imported, command = [], [], []
         for _ in range(runs):
             empty.append(_wall(["-c", "pass"], env, cwd))
             imported.append(_wall(["-c", "import trackmux"], env, cwd))
+            command.append(_wall(["-m", "trackmux", "plugins"], env, cwd))
         importtime = subprocess.run(
             [sys.executable, "-X", "importtime", "-c", "import trackmux"],
             env=env,
@@ -166,12 +170,22 @@ def measure(runs: int = 10) -> dict:
             "importtime": parse_importtime(importtime.stderr),
         },
         "discovery": {**discovery_medians, "plugins": discovery[-1]["plugins"]},
+        "plugins_command": {
+            "trackmux_plugins_s": _median(command),
+            "trackmux_plugins_min_s": min(command),
+            "per_run_s": command,
+            "plugins_found": len(discovery[-1]["plugins"]),
+            "plugins_available": sum(
+                status == "available" for status in discovery[-1]["plugins"].values()
+            ),
+        },
         "construction": medians(construction),
     }
 
 
 def format_report(result: dict) -> str:
     imp, disc, cons = result["import"], result["discovery"], result["construction"]
+    command = result["plugins_command"]
     importtime = imp["importtime"]
     lines = [
         f"start-up (medians of {result['runs']} fresh processes)",
@@ -184,6 +198,9 @@ def format_report(result: dict) -> str:
         f"(import trackmux.plugins {disc['import_plugins_module_s'] * 1e3:.1f} ms + "
         f"get_registry() {disc['get_registry_s'] * 1e3:.1f} ms; plugins: "
         f"{', '.join(f'{k}={v}' for k, v in disc['plugins'].items()) or 'none'})",
+        f"  trackmux plugins           {command['trackmux_plugins_s'] * 1e3:8.1f} ms   "
+        f"(the whole command, a fresh process; fastest {command['trackmux_plugins_min_s'] * 1e3:.1f}"
+        f" ms; {command['plugins_available']} of {command['plugins_found']} plugins available)",
         f"  Trainer beyond import torch{cons['construction_s'] * 1e3:8.1f} ms   "
         f"(import trackmux.Trainer {cons['import_trainer_s'] * 1e3:.1f} ms + "
         f"TrainingArguments {cons['arguments_s'] * 1e3:.1f} ms + Trainer() "
