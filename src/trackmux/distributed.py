@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -45,6 +46,9 @@ class DistributedContext:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        # the group trackmux opened is closed at exit: a gloo group left to the interpreter's
+        # teardown can abort the process ("terminate called without an active exception")
+        atexit.register(_destroy_process_group)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of ``value`` over all ranks (identity when not distributed)."""
@@ -65,3 +69,8 @@ class DistributedContext:
     def barrier(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.barrier()
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
