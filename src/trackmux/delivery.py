@@ -237,11 +237,6 @@ class TrackerWorker:
             limit = configured if configured is not None else timeout
             self._abandon(f"did not finish within {limit:g} s")
 
-    def close(self, timeout: float) -> None:
-        """Stop the worker after what was submitted; abandon what is left after ``timeout``."""
-        self.stop()
-        self.join(timeout)
-
     def _abandon(self, why: str, setting: str = "tracker_close_timeout") -> None:
         self.abandoned = self.pending
         logger.warning(
