@@ -238,3 +238,30 @@ def test_reports_itself_unavailable_without_a_usable_tensorboard(case, reason):
     )
     assert report["skipped"] == report["reason"]
     assert report["imported"] is False
+
+
+def test_a_session_added_within_the_same_second_sorts_after_the_first(trackmux_env, monkeypatch):
+    """TensorBoard orders a run's event files by name (creation second, then a counter
+    compared as text): a resumed session must come after the one its purge applies to."""
+    from tensorboard.summary.writer import event_file_writer
+
+    import trackmux
+
+    # the files would be "...<pid>.9" then "...<pid>.10": "10" sorts first as text
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
+    logdir = trackmux_env / "tb"
+    first = TensorBoardTracker(logging_dir=str(logdir))
+    with trackmux.start_run("none", trackers=[first], output_dir=trackmux_env) as run:
+        for step in (1, 2, 3):
+            run.log({"loss": float(step)}, step=step)
+    resumed = TensorBoardTracker(logging_dir=str(logdir))
+    with trackmux.start_run(
+        "none", trackers=[resumed], output_dir=trackmux_env, resume=run.identities, step=2
+    ) as again:
+        again.log({"loss": 30.0}, step=3)  # step 3 again, after the checkpoint at 2
+    files = sorted(name for name in os.listdir(logdir) if name.startswith("events.out"))
+    assert len(files) == 2
+    assert files == sorted(files, key=lambda name: os.path.getmtime(logdir / name))
+    events = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0)]

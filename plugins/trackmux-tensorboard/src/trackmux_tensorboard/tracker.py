@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 
 from trackmux.tracker import RunInfo, Tracker
 
@@ -54,6 +55,7 @@ class TensorBoardTracker(Tracker):
         self.logging_dir = os.path.abspath(os.path.expanduser(os.fspath(directory)))
         # a resumed training drops the points the interrupted run logged after its checkpoint
         purge_step = run.step + 1 if run.resume and run.kind == "train" else None
+        _wait_for_a_later_second(self.logging_dir)
         self._writer = SummaryWriter(log_dir=self.logging_dir, purge_step=purge_step)
         if not run.resume:
             # TensorBoard keeps the first hparams of a run and ignores later ones
@@ -110,3 +112,24 @@ def _markdown_table(config: dict) -> str:
 
     rows = [f"| {cell(key)} | {cell(value)} |" for key, value in config.items()]
     return "\n".join(["| param | value |", "|---|---|", *rows])
+
+
+def _wait_for_a_later_second(directory: str) -> None:
+    """TensorBoard reads a run's event files in name order, and a name is the creation second
+    followed by a per-process counter compared as text: a file opened in the same second as
+    the newest one there can sort before it, and a resumed session's purge would then be read
+    before the points it purges. So a new file is opened in a later second (a wait of at
+    most a second, on the worker, and only when a session is added within the same second)."""
+    if not os.path.isdir(directory):
+        return
+    prefix = "events.out.tfevents."
+    seconds = [
+        int(second)
+        for name in os.listdir(directory)
+        if name.startswith(prefix) and (second := name[len(prefix) :].split(".")[0]).isdigit()
+    ]
+    if not seconds:
+        return
+    newest = max(seconds)
+    while int(time.time()) <= newest:
+        time.sleep(0.05)
