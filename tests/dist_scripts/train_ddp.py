@@ -95,6 +95,10 @@ def main(outdir: str, options: dict) -> None:
     }
     with open(os.path.join(outdir, f"rank{rank}.json"), "w", encoding="utf-8") as handle:
         json.dump(result, handle)
+    # the shutdown torch recommends: every rank done, then the group closed on each. Left to
+    # the interpreter's exit, gloo sometimes aborted a rank on the loaded CI machine
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

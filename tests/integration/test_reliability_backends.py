@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -126,6 +127,25 @@ def backend_env(tmp_path, mlflow_url) -> dict:
     return env
 
 
+def rest_of_output(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """What the process writes until it exits, read through the same file objects that
+    waiting for a step read from: ``communicate()`` reads the pipes' descriptors and would
+    lose the lines those objects already buffered (a race the loaded CI machine lost)."""
+    output: dict[str, str] = {}
+    readers = [
+        threading.Thread(
+            target=lambda name=name: output.update({name: getattr(process, name).read()})
+        )
+        for name in ("stdout", "stderr")
+    ]
+    for reader in readers:
+        reader.start()
+    process.wait(timeout=timeout)  # a hung process fails the test here (TimeoutExpired)
+    for reader in readers:
+        reader.join(timeout)
+    return output.get("stdout", ""), output.get("stderr", "")
+
+
 def wait_for_step(process, step: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for line in process.stdout:
@@ -154,7 +174,7 @@ def test_an_interrupt_closes_every_backend_as_killed(
     try:
         wait_for_step(process, 10, timeout=120)
         process.send_signal(signum)
-        stdout, stderr = process.communicate(timeout=120)
+        stdout, stderr = rest_of_output(process, timeout=120)
     finally:
         if process.poll() is None:
             process.kill()

@@ -17,6 +17,7 @@ from reliability_helpers import (
     file_records,
     make_trainer,
     report,
+    rest_of_output,
     start_endless_training,
     wait_for_step,
 )
@@ -31,7 +32,7 @@ def test_an_interrupt_closes_every_tracker_as_killed(tmp_path, record_property, 
     try:
         wait_for_step(process, 20)
         process.send_signal(signum)
-        stdout, stderr = process.communicate(timeout=60)
+        stdout, stderr = rest_of_output(process, timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
@@ -64,7 +65,7 @@ def test_without_save_on_interrupt_no_checkpoint_is_written(tmp_path):
     try:
         wait_for_step(process, 5)
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
+        _, stderr = rest_of_output(process, timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
