@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from trackmux.runlog import read_run
+from trackmux.testing.processes import rest_of_output
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "reliability"
@@ -125,25 +125,6 @@ def backend_env(tmp_path, mlflow_url) -> dict:
         HOME=str(tmp_path / "home"),
     )
     return env
-
-
-def rest_of_output(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
-    """What the process writes until it exits, read through the same file objects that
-    waiting for a step read from: ``communicate()`` reads the pipes' descriptors and would
-    lose the lines those objects already buffered (a race the loaded CI machine lost)."""
-    output: dict[str, str] = {}
-    readers = [
-        threading.Thread(
-            target=lambda name=name: output.update({name: getattr(process, name).read()})
-        )
-        for name in ("stdout", "stderr")
-    ]
-    for reader in readers:
-        reader.start()
-    process.wait(timeout=timeout)  # a hung process fails the test here (TimeoutExpired)
-    for reader in readers:
-        reader.join(timeout)
-    return output.get("stdout", ""), output.get("stderr", "")
 
 
 def wait_for_step(process, step: int, timeout: float) -> None:

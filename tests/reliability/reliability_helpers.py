@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from trackmux import Tracker, Trainer, TrainingArguments, set_seed
@@ -213,22 +212,3 @@ def file_records(path) -> list[dict]:
         except json.JSONDecodeError:
             pass
     return records
-
-
-def rest_of_output(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
-    """What the process writes until it exits, read through the same file objects that
-    waiting for a step read from: ``communicate()`` reads the pipes' descriptors and would
-    lose the lines those objects already buffered (a race the loaded CI machine lost)."""
-    output: dict[str, str] = {}
-    readers = [
-        threading.Thread(
-            target=lambda name=name: output.update({name: getattr(process, name).read()})
-        )
-        for name in ("stdout", "stderr")
-    ]
-    for reader in readers:
-        reader.start()
-    process.wait(timeout=timeout)  # a hung process fails the test here (TimeoutExpired)
-    for reader in readers:
-        reader.join(timeout)
-    return output.get("stdout", ""), output.get("stderr", "")

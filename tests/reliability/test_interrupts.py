@@ -17,12 +17,12 @@ from reliability_helpers import (
     file_records,
     make_trainer,
     report,
-    rest_of_output,
     start_endless_training,
     wait_for_step,
 )
 
 from trackmux.runlog import read_run
+from trackmux.testing.processes import rest_of_output
 from trackmux.trainer import Terminated
 
 

@@ -17,6 +17,7 @@ _LAZY = {
     "TinyRegressor": "trackmux.testing.toy",
     "runnable_blocks": "trackmux.testing.docs",
     "run_page": "trackmux.testing.docs",
+    "rest_of_output": "trackmux.testing.processes",
 }
 __all__ = list(_LAZY)
 
