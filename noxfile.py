@@ -1,6 +1,11 @@
 """Nox sessions for trackmux: a plain ``nox`` runs lint, tests, every plugin(...), integration, docs.
 
 Pytest options go after ``--``: ``nox -s tests -- -x -k callbacks``, ``nox -s "plugin(tensorboard)" -- -x``.
+
+Every session installs from its lock file, ``requirements/<environment>.txt``, used as
+constraints: a fresh clone gets exactly the versions that last passed, whatever the index
+serves today. ``nox -s lock`` regenerates them; ``nox -s latest`` runs the default sessions
+against the newest releases instead and reports what broke and which versions moved.
 """
 
 # Torch is always installed first, through install_torch(), and pinned for the
@@ -12,10 +17,14 @@ Pytest options go after ``--``: ``nox -s tests -- -x -k callbacks``, ``nox -s "p
 #   TRACKMUX_TORCH_BACKEND  uv --torch-backend used when torch comes from an index
 #                           (default cpu; empty disables it)
 #   TRACKMUX_ALLOW_CUDA=1   accept nvidia-* packages in a session venv
+#   TRACKMUX_LOCKS=0        install the newest releases instead of the lock files
+#                           (what ``nox -s latest`` does, in .nox-latest/)
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -34,6 +43,7 @@ nox.needs_version = ">=2024.4.15"
 nox.options.default_venv_backend = "uv|virtualenv"
 
 ROOT = Path(__file__).resolve().parent
+LOCK_DIR = ROOT / "requirements"
 DEFAULT_TORCH = "torch==2.13.0"
 DEFAULT_WHEEL_DIR = "/opt/wheels"
 RUFF = "ruff==0.17.6"
@@ -195,11 +205,11 @@ if gpu and os.environ.get("TRACKMUX_ALLOW_CUDA") != "1":
 """
 
 
-def setup(session: nox.Session, *requirements: str) -> None:
-    """Install torch, then ``requirements`` pinned to it; check; silence trackers."""
+def setup(session: nox.Session, environment: str) -> None:
+    """Install torch, then the ``environment``'s requirements from its lock file, pinned to
+    that torch; check; silence trackers."""
     constraints = install_torch(session)
-    if requirements:
-        session.install(*requirements, "-c", str(constraints))
+    install_environment(session, environment, "-c", str(constraints))
     check = Path(session.create_tmp()) / "check_torch.py"
     check.write_text(_CHECK_TORCH, encoding="utf-8")
     session.run("python", str(check))
@@ -207,6 +217,123 @@ def setup(session: nox.Session, *requirements: str) -> None:
     # create_tmp() pointed TMPDIR into .nox/ inside this git checkout: tests must not run
     # there (dvclive would `dvc init` the checkout, for one)
     session.env.pop("TMPDIR", None)
+
+
+# --------------------------------------------------------------------------- environments
+#
+# What each session installs, by environment name; ``requirements/<name>.txt`` is its lock.
+# The packages' own requirements stay ranges (pyproject.toml): only test environments are
+# locked, and a lock is used as constraints, so it pins versions without installing more.
+
+
+def _plugin_environment(plugin_dir: Path) -> list[str]:
+    siblings = [arg for needed in _needs(plugin_dir) for arg in _plugin_requirement(needed, "")]
+    return ["-e", ".[test]", *siblings, *_plugin_requirement(plugin_dir)]
+
+
+def _framework_environment(extras: str) -> list[str]:
+    """The core with framework extras and the TensorBoard and MLflow plugins (the framework
+    tests read metrics back from both)."""
+    return [
+        "-e",
+        f".[test,{extras}]",
+        *_plugin_requirement(PLUGIN_IDS["tensorboard"]),
+        *_plugin_requirement(PLUGIN_IDS["mlflow"]),
+    ]
+
+
+ENVIRONMENTS: dict[str, list[str]] = {
+    "tools": ["nox", "uv"],  # what .ci/run installs to run nox itself
+    "lint": [RUFF],
+    "tests": ["-e", ".[test,plot]"],
+    **{f"plugin-{name}": _plugin_environment(path) for name, path in PLUGIN_IDS.items()},
+    "integration": ["-e", ".[test]", *_all_plugin_requirements("test")],
+    "all-plugins": ["-e", ".", *_all_plugin_requirements(extra="")],  # demo, bench
+    "bench-peers": ["-e", ".[transformers,lightning,plot]", *_all_plugin_requirements(extra="")],
+    "transformers": _framework_environment("transformers"),
+    "lightning": _framework_environment("lightning"),
+    "everywhere": _framework_environment("transformers,lightning"),
+    "docs": [".[docs]"],
+}
+#: environments whose sessions do not install torch (and so whose locks leave it out)
+WITHOUT_TORCH = {"tools", "lint"}
+
+
+def _locked() -> bool:
+    return os.environ.get("TRACKMUX_LOCKS", "1").strip().lower() not in ("0", "false", "no")
+
+
+def lock_file(environment: str) -> Path:
+    return LOCK_DIR / f"{environment}.txt"
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    """``{name: version}`` of the ``name==version`` lines (a lock file, a freeze)."""
+    pins = {}
+    for line in lines:
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)", line.strip())
+        if match:
+            pins[_canonical(match.group(1))] = match.group(2)
+    return pins
+
+
+def _installed(session: nox.Session) -> dict[str, str]:
+    """What the session's environment holds (editable and local installs left out)."""
+    if _uses_uv(session):
+        python = Path(session.bin) / ("python.exe" if sys.platform == "win32" else "python")
+        command = [nox.virtualenv.UV, "pip", "freeze", "--python", str(python)]
+    else:
+        command = [str(Path(session.bin) / "python"), "-m", "pip", "freeze"]
+    output = session.run(*command, silent=True, external=True, log=False) or ""
+    return _pins(output.splitlines())
+
+
+def install_environment(session: nox.Session, environment: str, *options: str) -> None:
+    """Install ``environment``'s requirements, constrained by its lock file; then check that
+    the lock covered everything installed (a lock older than a pyproject change fails here,
+    with the command that refreshes it). Unlocked (``TRACKMUX_LOCKS=0``), install the newest
+    releases and say how they differ from the lock."""
+    requirements = ENVIRONMENTS[environment]
+    lock = lock_file(environment)
+    rel = lock.relative_to(ROOT).as_posix()
+    if not _locked():
+        session.install(*requirements, *options)
+        _report_drift(session, environment, lock)
+        return
+    if not lock.is_file():
+        session.error(f"{rel} is missing: run `nox -s lock` and commit requirements/")
+    session.install(*requirements, "-c", str(lock), *options)
+    locked = _pins(lock.read_text(encoding="utf-8").splitlines())
+    unlocked = sorted(
+        f"{name}=={version}"
+        for name, version in _installed(session).items()
+        if locked.get(name) != version and name != "torch"
+    )
+    if unlocked:
+        session.error(
+            f"{rel} does not pin {', '.join(unlocked)}: the lock is older than a change to "
+            "the requirements; run `nox -s lock` and commit requirements/"
+        )
+
+
+def _report_drift(session: nox.Session, environment: str, lock: Path) -> None:
+    locked = _pins(lock.read_text(encoding="utf-8").splitlines()) if lock.is_file() else {}
+    installed = _installed(session)
+    moved = {
+        name: [locked.get(name), version]
+        for name, version in sorted(installed.items())
+        if name != "torch" and locked.get(name) != version
+    }
+    for name, (old, new) in moved.items():
+        session.log(f"not as locked: {name} {old or '(new)'} -> {new}")
+    drift_dir = os.environ.get("TRACKMUX_DRIFT_DIR")
+    if drift_dir:
+        Path(drift_dir).mkdir(parents=True, exist_ok=True)
+        (Path(drift_dir) / f"{environment}.json").write_text(json.dumps(moved), encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- pytest
@@ -233,7 +360,7 @@ def run_pytest(session: nox.Session, target: Path, *options: str) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check + ruff format --check over the whole tree (plugins included)."""
-    session.install(RUFF)
+    install_environment(session, "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -242,7 +369,7 @@ def lint(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Core test suite (tests/, minus tests/integration which needs every plugin and
     tests/frameworks which needs transformers or Lightning); matplotlib for ``trackmux plot``."""
-    setup(session, "-e", ".[test,plot]")
+    setup(session, "tests")
     run_pytest(session, ROOT / "tests", "--ignore=tests/integration", "--ignore=tests/frameworks")
 
 
@@ -252,8 +379,7 @@ def plugin(session: nox.Session, name: str) -> None:
     """One tracker plugin, installed alone next to the core, against its own tests."""
     plugin_dir = PLUGIN_IDS[name]
     rel = plugin_dir.relative_to(ROOT).as_posix()
-    siblings = [arg for needed in _needs(plugin_dir) for arg in _plugin_requirement(needed, "")]
-    setup(session, "-e", ".[test]", *siblings, *_plugin_requirement(plugin_dir))
+    setup(session, f"plugin-{name}")
     # rootdir and conftest lookup stop at the plugin directory: the plugin's own
     # conftest.py files apply, the core's tests/conftest.py (or a repo-level one)
     # never does.  The plugin's own pytest config wins; otherwise the core's.
@@ -279,7 +405,7 @@ def _pip_check(session: nox.Session) -> None:
 @nox.session
 def integration(session: nox.Session) -> None:
     """Core + ALL plugins in one environment: dependency check, then tests/integration."""
-    setup(session, "-e", ".[test]", *_all_plugin_requirements("test"))
+    setup(session, "integration")
     _pip_check(session)
     run_pytest(session, ROOT / "tests" / "integration")
 
@@ -287,7 +413,7 @@ def integration(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """Run ``trackmux demo`` with the core and every plugin installed."""
-    setup(session, "-e", ".", *_all_plugin_requirements(extra=""))
+    setup(session, "all-plugins")
     output_dir = Path(session.create_tmp()) / "demo"
     session.run("trackmux", "demo", "--output-dir", str(output_dir), *session.posargs)
 
@@ -295,14 +421,14 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """benchmarks/run.py with the core and every plugin installed (posargs pass through)."""
-    setup(session, "-e", ".", *_all_plugin_requirements(extra=""))
+    setup(session, "all-plugins")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
     """mkdocs build --strict (site/ is git-ignored)."""
-    setup(session, ".[docs]")
+    setup(session, "docs")
     session.env["NO_MKDOCS_2_WARNING"] = "1"
     session.run("mkdocs", "build", "--strict", *session.posargs)
 
@@ -312,25 +438,13 @@ def bench_peers(session: nox.Session) -> None:
     """benchmarks/run.py against the peers too: core, every plugin, Hugging Face transformers
     (with accelerate, which its Trainer needs) and Lightning, matplotlib for the charts
     (posargs pass through)."""
-    setup(
-        session,
-        "-e",
-        ".[transformers,lightning,plot]",
-        *_all_plugin_requirements(extra=""),
-    )
+    setup(session, "bench-peers")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 
-def _framework_session(session: nox.Session, extra: str, test_file: str) -> None:
-    """The core with a framework extra and the TensorBoard and MLflow plugins (the tests read
-    metrics back from both), against one file of tests/frameworks."""
-    setup(
-        session,
-        "-e",
-        f".[test,{extra}]",
-        *_plugin_requirement(PLUGIN_IDS["tensorboard"]),
-        *_plugin_requirement(PLUGIN_IDS["mlflow"]),
-    )
+def _framework_session(session: nox.Session, environment: str, test_file: str) -> None:
+    """One file of tests/frameworks in its environment (see _framework_environment)."""
+    setup(session, environment)
     others = [
         f"--ignore={path.relative_to(ROOT).as_posix()}"
         for path in _test_files(ROOT / "tests" / "frameworks")
@@ -355,7 +469,135 @@ def lightning(session: nox.Session) -> None:
 def everywhere(session: nox.Session) -> None:
     """examples/everywhere.py: trackmux's Trainer, transformers, Lightning and a plain loop
     reporting the same way to one MLflow server."""
-    _framework_session(session, "transformers,lightning", "test_everywhere.py")
+    _framework_session(session, "everywhere", "test_everywhere.py")
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def _lock_input(environment: str, directory: Path) -> Path:
+    """The environment's requirements as a requirements file uv can compile: local
+    distributions by absolute path, torch as the wheel or version the sessions install."""
+    lines, args = [], iter(ENVIRONMENTS[environment])
+    for arg in args:
+        editable = arg == "-e"
+        requirement = next(args) if editable else arg
+        if requirement.startswith("."):  # a folder of this repository, maybe with [extras]
+            path, bracket, extras = requirement.partition("[")
+            requirement = f"{(ROOT / path).resolve().as_posix()}{bracket}{extras}"
+        lines.append(f"-e {requirement}" if editable else requirement)
+    if environment not in WITHOUT_TORCH:
+        spec = shlex.split(os.environ.get("TRACKMUX_TORCH", "").strip() or DEFAULT_TORCH)[0]
+        wheel = _local_torch_wheel(spec)
+        lines.append(str(wheel) if wheel is not None else spec)
+    path = directory / f"{environment}.in"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _lock_text(compiled: str, environment: str, source: Path) -> str:
+    """uv's output without this machine's paths: the local distributions (installed from
+    their folders, never pinned) are dropped and the input file is named by what made it."""
+    kept, skipping = [], False
+    for line in compiled.splitlines():
+        if line.startswith(("-e ", "/", "trackmux")):
+            skipping = True  # its "# via" lines go with it
+            continue
+        if skipping and line.startswith("    #"):
+            continue
+        skipping = False
+        kept.append(line.replace(f"-r {source}", f"noxfile.py ENVIRONMENTS[{environment!r}]"))
+    python = ".".join(map(str, sys.version_info[:2]))
+    header = [
+        f"# requirements/{environment}.txt: the lock of nox environment {environment!r}",
+        f"# (noxfile.py ENVIRONMENTS), resolved for Python {python} on {sys.platform};",
+        "# used as constraints by its sessions. Refresh: nox -s lock",
+    ]
+    return "\n".join(header + kept) + "\n"
+
+
+@nox.session(venv_backend="none")
+def lock(session: nox.Session) -> None:
+    """Regenerate requirements/<environment>.txt for every environment (or those named after
+    ``--``) from the newest releases that satisfy the pyproject ranges: ``nox -s lock``, then
+    run ``nox`` and commit requirements/ if it passes."""
+    wanted = session.posargs or list(ENVIRONMENTS)
+    unknown = sorted(set(wanted) - set(ENVIRONMENTS))
+    if unknown:
+        session.error(f"unknown environments {unknown}; known: {sorted(ENVIRONMENTS)}")
+    LOCK_DIR.mkdir(exist_ok=True)
+    work = Path(session.create_tmp()) / "lock"
+    work.mkdir(exist_ok=True)
+    python = ".".join(map(str, sys.version_info[:2]))
+    for environment in wanted:
+        source = _lock_input(environment, work)
+        compiled = work / f"{environment}.txt"
+        session.run(
+            nox.virtualenv.UV,
+            "pip",
+            "compile",
+            "--quiet",
+            "--python-version",
+            python,
+            "--no-emit-package",
+            "torch",
+            "--custom-compile-command",
+            "nox -s lock",
+            "--output-file",
+            str(compiled),
+            str(source),
+            external=True,
+        )
+        text = _lock_text(compiled.read_text(encoding="utf-8"), environment, source)
+        lock_file(environment).write_text(text, encoding="utf-8")
+    stale = sorted(path.name for path in LOCK_DIR.glob("*.txt") if path.stem not in ENVIRONMENTS)
+    for name in stale:
+        session.warn(f"requirements/{name} belongs to no environment: delete it")
+
+
+@nox.session(venv_backend="none")
+def latest(session: nox.Session) -> None:
+    """The default sessions (or those named after ``--``) against the newest releases, in
+    .nox-latest/ so the locked environments stay: which sessions broke and which versions
+    moved since the lock. Not in the default set: drift is looked at on purpose."""
+    work = ROOT / ".nox-latest"
+    drift_dir = work / "drift"
+    if drift_dir.is_dir():
+        for old in drift_dir.glob("*.json"):
+            old.unlink()
+    report = work / "report.json"
+    work.mkdir(exist_ok=True)
+    sessions = session.posargs or nox.options.sessions
+    session.run(
+        sys.executable,
+        "-m",
+        "nox",
+        "--envdir",
+        str(work),
+        "--report",
+        str(report),
+        "--sessions",
+        *sessions,
+        env={"TRACKMUX_LOCKS": "0", "TRACKMUX_DRIFT_DIR": str(drift_dir)},
+        success_codes=[0, 1],
+        external=True,
+    )
+    results = json.loads(report.read_text(encoding="utf-8")).get("sessions", [])
+    broken = [
+        r["signatures"][0] if r.get("signatures") else r["name"]
+        for r in results
+        if r.get("result") == "failed"
+    ]
+    moved: dict[str, list[str]] = {}
+    for path in sorted(drift_dir.glob("*.json")):
+        for name, (old, new) in json.loads(path.read_text(encoding="utf-8")).items():
+            moved.setdefault(f"{name} {old or '(new)'} -> {new}", []).append(path.stem)
+    session.log("versions newer than the locks (environments):")
+    for change, environments in sorted(moved.items()):
+        session.log(f"  {change} ({', '.join(environments)})")
+    if broken:
+        session.error(f"broken against the newest releases: {', '.join(broken)}")
+    session.log("every session passed against the newest releases: `nox -s lock` takes them")
 
 
 nox.options.sessions = [
