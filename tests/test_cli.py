@@ -1,10 +1,10 @@
 """The trackmux command: demo, show, plugins (plugins' listing is in test_plugins.py)."""
 
-import subprocess
 import sys
 
 from trackmux.cli import main
 from trackmux.runlog import find_runs, read_run
+from trackmux.testing import run_child
 
 
 def test_demo_trains_and_says_where_the_data_is(tmp_path, capsys):
@@ -44,7 +44,5 @@ def test_show_without_a_run_fails_clearly(tmp_path, capsys):
 
 
 def test_console_script_and_module_agree():
-    version = subprocess.run(
-        [sys.executable, "-m", "trackmux", "--version"], capture_output=True, text=True, check=True
-    )
+    version = run_child([sys.executable, "-m", "trackmux", "--version"])
     assert version.stdout.strip().startswith("trackmux 0.1")

@@ -8,7 +8,6 @@ import json
 import re
 import shlex
 import struct
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from trackmux.cli import NOT_FINISHED, goal, main
 from trackmux.plot import panels, select
 from trackmux.runlog import read_run
-from trackmux.testing import StopAt, run_training
+from trackmux.testing import StopAt, describe_child, run_child, run_training
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 RUN = "out/runs/conformance"
@@ -121,8 +120,8 @@ def test_show_of_a_killed_process_says_it_did_not_finish(trackmux_env, capsys):
         run_training(sys.argv[1], callbacks=[Die()])
         """
     )
-    done = subprocess.run([sys.executable, "-c", script, "out"], capture_output=True)
-    assert done.returncode == 9, done.stderr.decode()
+    done = run_child([sys.executable, "-c", script, "out"], check=False)
+    assert done.returncode == 9, describe_child(done)
     assert main(["show", RUN]) == 0
     out = capsys.readouterr().out
     assert f"status: {NOT_FINISHED}" in out

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from trackmux.runlog import read_run
+from trackmux.testing import describe_child, run_child
 
 SCRIPT = Path(__file__).parent / "dist_scripts" / "train_ddp.py"
 STEPS = 6  # 48 samples, 2 ranks, batch 4, accumulation 2, 2 epochs
@@ -38,8 +38,8 @@ def ddp(tmp_path_factory):
         str(SCRIPT),
         str(outdir),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    result = run_child(command, timeout=240, env=env, check=False)
+    assert result.returncode == 0, describe_child(result)
     ranks = [json.loads((outdir / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     return outdir, ranks
 

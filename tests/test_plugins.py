@@ -2,7 +2,6 @@
 backends are checked from metadata without being imported, autoload can be disabled."""
 
 import json
-import subprocess
 import sys
 import textwrap
 
@@ -10,6 +9,7 @@ import pytest
 
 from trackmux.plugins import AVAILABLE, BROKEN, UNAVAILABLE, check_backend, get_registry
 from trackmux.report_to import ReportToError
+from trackmux.testing import describe_child, run_child
 
 
 def make_distribution(root, name, entry_points: dict, modules: dict, requires=()):
@@ -160,13 +160,7 @@ def test_autoload_can_be_narrowed(fake_plugins, monkeypatch):
 def test_cli_lists_plugins_with_reasons(fake_plugins, tmp_path):
     env_path = str(tmp_path)
     command = [sys.executable, "-m", "trackmux", "plugins", "--json"]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env={**_clean_env(), "PYTHONPATH": env_path},
-        check=True,
-    )
+    result = run_child(command, env={**_clean_env(), "PYTHONPATH": env_path})
     listing = json.loads(result.stdout)
     by_name = {row["name"]: row for row in listing["plugins"]}
     assert by_name["good"]["status"] == "available"
@@ -174,12 +168,10 @@ def test_cli_lists_plugins_with_reasons(fake_plugins, tmp_path):
     assert by_name["needy"]["fix"] == 'pip install "surely-not-installed-backend>=1.0"'
     assert by_name["broken"]["status"] == "broken"
     assert {"name": "wandb", "fix": "pip install trackmux-wandb"} in listing["not_installed"]
-    table = subprocess.run(
-        command[:-1], capture_output=True, text=True, env={**_clean_env(), "PYTHONPATH": env_path}
-    )
-    assert table.returncode == 0
-    assert "to enable needy: pip install" in table.stdout
-    assert "broken: ImportError: nope" in table.stdout
+    table = run_child(command[:-1], env={**_clean_env(), "PYTHONPATH": env_path}, check=False)
+    assert table.returncode == 0, describe_child(table)
+    assert "to enable needy: pip install" in table.stdout, describe_child(table)
+    assert "broken: ImportError: nope" in table.stdout, describe_child(table)
 
 
 def _clean_env():
@@ -198,7 +190,7 @@ def test_import_trackmux_loads_no_torch_pluggy_or_entry_points():
         "bad = [m for m in ('torch', 'pluggy', 'trackmux.plugins', 'numpy') if m in sys.modules];"
         "assert not bad, bad"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    run_child([sys.executable, "-c", code])
 
 
 def test_discovery_imports_no_backend(fake_plugins, tmp_path):
@@ -208,6 +200,4 @@ def test_discovery_imports_no_backend(fake_plugins, tmp_path):
         "bad = [m for m in ('surely_not_installed_backend', 'torch') if m in sys.modules];"
         "assert not bad, bad"
     )
-    subprocess.run(
-        [sys.executable, "-c", code], check=True, env={**_clean_env(), "PYTHONPATH": str(tmp_path)}
-    )
+    run_child([sys.executable, "-c", code], env={**_clean_env(), "PYTHONPATH": str(tmp_path)})

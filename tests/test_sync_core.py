@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -29,7 +28,7 @@ from trackmux.sync import (
     superseded,
     sync_run,
 )
-from trackmux.testing import StopAt, run_training
+from trackmux.testing import StopAt, describe_child, run_child, run_training
 from trackmux.tracker import Tracker
 
 
@@ -141,8 +140,8 @@ CRASH = textwrap.dedent(
 
 
 def crash_at_step_7(output_dir):
-    done = subprocess.run([sys.executable, "-c", CRASH, str(output_dir)], capture_output=True)
-    assert done.returncode == 9, done.stderr.decode()
+    done = run_child([sys.executable, "-c", CRASH, str(output_dir)], check=False)
+    assert done.returncode == 9, describe_child(done)
 
 
 def test_sync_replays_params_metrics_summary_and_status(remote, trackmux_env, capsys):

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import textwrap
 import time
@@ -25,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from trackmux.testing import describe_child, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "trackmux-example-plugin"
@@ -53,22 +54,15 @@ class Venv:
         }
         # keep the example's source tree clean of __pycache__
         env["PYTHONDONTWRITEBYTECODE"] = "1"
-        return subprocess.run(
-            [str(self.python), *arguments],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+        return run_child(
+            [str(self.python), *arguments], cwd=cwd, env=env, timeout=timeout, check=False
         )
 
 
 def _checked(command, **options):
-    result = subprocess.run(command, capture_output=True, text=True, **options)
-    assert result.returncode == 0, (
-        f"{' '.join(map(str, command))} failed ({result.returncode}):\n"
-        f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    )
+    # no deadline, as before: installing torch from an index can take long
+    result = run_child(command, timeout=None, check=False, **options)
+    assert result.returncode == 0, describe_child(result)
     return result
 
 
@@ -86,7 +80,7 @@ def _torch_requirement() -> str:
 
 def _uv() -> list[str] | None:
     found = shutil.which("uv")
-    if found and subprocess.run([found, "--version"], capture_output=True).returncode == 0:
+    if found and run_child([found, "--version"], check=False).returncode == 0:
         return [found]
     if importlib.util.find_spec("uv") is not None:
         return [sys.executable, "-m", "uv"]
@@ -169,7 +163,7 @@ def _read_csv(path: Path) -> tuple[list[str], dict[str, list[tuple[int, float]]]
 @pytest.mark.slow
 def test_training_reports_to_csvlog(venv, tmp_path):
     result = venv.run("-c", TRAIN, str(tmp_path / "out"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, describe_child(result)
     report = json.loads(result.stdout.splitlines()[-1])
     run_dir = tmp_path / "out" / "csvlog" / "third-party"
     assert report["distribution"] == "trackmux-csvlog"
@@ -208,7 +202,7 @@ def test_example_plugin_tests_pass_without_a_conftest(venv, tmp_path):
     result = venv.run(
         "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={report}", "tests", cwd=EXAMPLE
     )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert result.returncode == 0, describe_child(result)
     suite = ElementTree.parse(report).getroot().find("testsuite")
     names = {case.get("name") for case in suite.iter("testcase")}
     assert int(suite.get("failures")) == 0 and int(suite.get("errors")) == 0
@@ -225,7 +219,7 @@ def test_example_plugin_tests_pass_without_a_conftest(venv, tmp_path):
 @pytest.mark.slow
 def test_trackmux_plugins_lists_csvlog(venv, tmp_path):
     result = venv.run("-m", "trackmux", "plugins", "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, describe_child(result)
     rows = {row["name"]: row for row in json.loads(result.stdout)["plugins"]}
     assert rows["csvlog"]["status"] == "available"
     assert rows["csvlog"]["distribution"] == "trackmux-csvlog"
@@ -260,7 +254,7 @@ def test_tutorial_hook_example_runs(venv, tmp_path):
         """
     )
     result = venv.run("-c", script, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, describe_child(result)
 
 
 # --------------------------------------------------------------------------- the tutorial

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from trackmux.runlog import read_run
+from trackmux.testing import describe_child, rest_of_output, run_child
 
 BACKENDS = (
     "tensorboard",
@@ -34,11 +35,8 @@ BACKENDS = (
 
 
 def python(code: str, *arguments: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *arguments],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return run_child(
+        [sys.executable, "-c", textwrap.dedent(code), *arguments], timeout=timeout, check=False
     )
 
 
@@ -51,7 +49,7 @@ def test_import_trackmux_loads_neither_torch_nor_pluggy():
         assert not heavy, heavy
         """
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, describe_child(result)
 
 
 def test_building_a_trainer_imports_no_tracker_backend(tmp_path):
@@ -81,7 +79,7 @@ def test_building_a_trainer_imports_no_tracker_backend(tmp_path):
         str(tmp_path),
         json.dumps(BACKENDS),
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, describe_child(result)
 
 
 LONG_TRAINING = """
@@ -105,13 +103,22 @@ Trainer(TinyRegressor(), args, train_dataset=RegressionDataset(64)).train()
 def first_metrics_record(events, process, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, "the training process ended before it logged"
+        if process.poll() is not None:
+            _, stderr = rest_of_output(process, timeout=30)
+            pytest.fail(
+                "the training process ended before it logged\n"
+                + describe_child(process, "", stderr)
+            )
         if events.is_file():
             for line in events.read_text().splitlines():
                 if line.endswith("}") and json.loads(line)["type"] == "metrics":
                     return json.loads(line)
         time.sleep(0.05)
-    pytest.fail(f"no metrics record in {events} after {timeout} s")
+    process.kill()
+    _, stderr = rest_of_output(process, timeout=30)
+    pytest.fail(
+        f"no metrics record in {events} after {timeout} s\n" + describe_child(process, "", stderr)
+    )
 
 
 def test_sigterm_closes_the_run_log_as_killed(tmp_path):
@@ -125,15 +132,16 @@ def test_sigterm_closes_the_run_log_as_killed(tmp_path):
     try:
         first = first_metrics_record(events, process, timeout=60)
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        _, stderr = rest_of_output(process, timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode != 0
-    assert "received signal SIGTERM" in stderr
+    child = describe_child(process, "", stderr)
+    assert process.returncode != 0, child
+    assert "received signal SIGTERM" in stderr, child
     run = read_run(events)
-    assert run.status == "killed"
-    assert run.statuses == ["killed"]
-    assert run.history("train/loss")[0][0] == first["step"] == 5
-    assert run.records[-1]["type"] == "finish"
+    assert run.status == "killed", child
+    assert run.statuses == ["killed"], child
+    assert run.history("train/loss")[0][0] == first["step"] == 5, child
+    assert run.records[-1]["type"] == "finish", child

@@ -10,11 +10,11 @@ import os
 import pathlib
 import pickle
 import re
-import subprocess
 import sys
 
 import pytest
 
+from trackmux.testing import describe_child, run_child
 from trackmux.training_args import (
     INTERVAL_STRATEGIES,
     SAVE_STRATEGIES,
@@ -136,10 +136,8 @@ def test_import_does_not_import_torch():
         "m.TrainingArguments(); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_child([sys.executable, "-c", code], env=env, check=False)
+    assert result.returncode == 0, describe_child(result)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trackmux.testing import runnable_blocks
+from trackmux.testing import describe_child, run_child, runnable_blocks
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -22,13 +22,12 @@ def run_script(code: str, cwd: Path, timeout: float = 240) -> subprocess.Complet
     """Run ``code`` as a script in a fresh interpreter (as a reader would), in ``cwd``."""
     script = cwd / "script.py"
     script.write_text(code, encoding="utf-8")
-    return subprocess.run(
+    return run_child(
         [sys.executable, str(script)],
         cwd=cwd,
-        capture_output=True,
-        text=True,
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False,
     )
 
 
@@ -46,7 +45,7 @@ def import_error_without(framework: str, tmp_path: Path) -> str:
         f"    raise SystemExit('imported without {framework}')\n"
     )
     result = run_script(code, tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, describe_child(result)
     return result.stdout
 
 

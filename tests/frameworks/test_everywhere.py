@@ -6,11 +6,12 @@ nox session)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from trackmux.testing import describe_child, run_child
 
 pytest.importorskip("transformers")
 pytest.importorskip("lightning")
@@ -25,17 +26,18 @@ def test_the_same_metrics_arrive_in_mlflow_from_four_ways_to_train(mlflow_server
         "MLFLOW_TRACKING_URI": mlflow_server,
         "MLFLOW_EXPERIMENT_NAME": f"everywhere-{tmp_path.name}",
     }
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, str(EXAMPLE), str(tmp_path)],
-        capture_output=True,
-        text=True,
         timeout=600,
         env=env,
         cwd=tmp_path,
+        check=False,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, describe_child(result)
     lines = [line for line in result.stdout.splitlines() if line.startswith(SOURCES)]
-    assert [line.split("  ")[0].strip() for line in lines] == list(SOURCES)
+    assert [line.split("  ")[0].strip() for line in lines] == list(SOURCES), describe_child(result)
     for line in lines:
-        assert "status FINISHED" in line and "every point equals the jsonl log" in line, line
-        assert "12 points" in line, line
+        assert "status FINISHED" in line and "every point equals the jsonl log" in line, (
+            f"{line}\n{describe_child(result)}"
+        )
+        assert "12 points" in line, f"{line}\n{describe_child(result)}"

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from trackmux.integrations.lightning import TrackmuxLogger  # noqa: E402
 from trackmux.run import Run  # noqa: E402
 from trackmux.runlog import read_run  # noqa: E402
+from trackmux.testing import describe_child  # noqa: E402
 from trackmux.testing.toy import RegressionDataset  # noqa: E402
 
 
@@ -235,7 +236,7 @@ logger.experiment.log({"extra": 1.0}, step=2)  # reopens the run; nothing finali
 
 def test_a_run_reopened_after_fit_is_finished_at_exit(trackmux_env):
     result = run_script(REOPEN_SCRIPT, trackmux_env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, describe_child(result)
     run = read_run(trackmux_env / "logs" / "runs" / "after")
     assert run.statuses == ["success", "success"]
     assert run.metrics["extra"] == [(2, 1.0)]
@@ -279,7 +280,7 @@ def test_the_documented_example_runs(trackmux_env):
     blocks = doc_examples("integrations/lightning.md")
     assert len(blocks) == 1, "docs/integrations/lightning.md lost its runnable example"
     result = run_script(blocks[0], trackmux_env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, describe_child(result)
     run = read_run(trackmux_env / "logs" / "runs" / "tiny-lightning")
     assert run.status == "success"
     assert run.config == {"lr": 0.05}

@@ -34,6 +34,7 @@ from transformers import (  # noqa: E402
 
 from trackmux.integrations.transformers import RUN_FILE, TrackmuxCallback  # noqa: E402
 from trackmux.runlog import find_runs, read_run  # noqa: E402
+from trackmux.testing import describe_child  # noqa: E402
 from trackmux.testing.toy import RegressionDataset, TinyRegressor  # noqa: E402
 
 FRAMEWORK_DIR = Path(__file__).resolve().parent
@@ -271,8 +272,8 @@ Trainer(model=model, args=args, train_dataset=RegressionDataset(32),
 )
 def test_an_uncaught_error_closes_the_run_at_exit(trackmux_env, error, status):
     result = run_script(SCRIPT.format(error=error), trackmux_env)
-    assert result.returncode != 0
-    assert error.split("(")[0] in result.stderr  # the traceback is still printed
+    assert result.returncode != 0, describe_child(result)
+    assert error.split("(")[0] in result.stderr, describe_child(result)  # the traceback too
     run = read_run(trackmux_env / "out" / "runs" / "crash")
     assert run.status == status
     assert [step for step, _ in run.metrics["train/loss"]] == [1, 2]
@@ -369,7 +370,7 @@ def test_the_documented_example_runs(trackmux_env):
     blocks = doc_examples("integrations/transformers.md")
     assert len(blocks) == 1, "docs/integrations/transformers.md lost its runnable example"
     result = run_script(blocks[0], trackmux_env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, describe_child(result)
     run = read_run(trackmux_env / "out" / "runs" / "tiny-bert")
     assert run.status == "success"
     assert [step for step, _ in run.metrics["train/loss"]] == [2, 4, 6, 8]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import shlex
 import struct
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from trackmux.cli import main
 from trackmux.runlog import read_run
 from trackmux.sync import read_state
-from trackmux.testing import StopAt, run_training
+from trackmux.testing import StopAt, describe_child, run_child, run_training
 
 pytest.importorskip("trackmux_mlflow")
 pytest.importorskip("trackmux_tensorboard")
@@ -139,8 +138,8 @@ CRASH = textwrap.dedent(
 
 
 def test_a_crashed_run_is_killed_in_mlflow_and_continued_after_its_resume(env, server):
-    done = subprocess.run([sys.executable, "-c", CRASH, "out"], capture_output=True)
-    assert done.returncode == 9, done.stderr.decode()
+    done = run_child([sys.executable, "-c", CRASH, "out"], check=False)
+    assert done.returncode == 9, describe_child(done)
     assert main(SYNC) == 0
     client, [run] = mlflow_runs(server, env.name)
     assert run.info.status == "KILLED"

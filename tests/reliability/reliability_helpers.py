@@ -12,6 +12,7 @@ from pathlib import Path
 
 from trackmux import Tracker, Trainer, TrainingArguments, set_seed
 from trackmux.runlog import find_runs, read_run
+from trackmux.testing import describe_child, rest_of_output
 from trackmux.testing.toy import RegressionDataset, TinyRegressor
 
 
@@ -192,15 +193,26 @@ def wait_for_step(process: subprocess.Popen, step: int, timeout: float = 60) -> 
     deadline = time.monotonic() + timeout
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
+    printed = []
     while time.monotonic() < deadline:
         if not selector.select(timeout=1):
             continue
         line = process.stdout.readline()
         if not line:
-            raise AssertionError(f"the training process ended early: {process.stderr.read()}")
+            stdout, stderr = rest_of_output(process, timeout=60)
+            raise AssertionError(
+                f"the training process ended before step {step}\n"
+                + describe_child(process, "".join(printed) + stdout, stderr)
+            )
+        printed.append(line)
         if line.startswith("step ") and int(line.split()[1]) >= step:
             return int(line.split()[1])
-    raise AssertionError(f"no step {step} within {timeout} s")
+    process.kill()
+    stdout, stderr = rest_of_output(process, timeout=60)
+    raise AssertionError(
+        f"no step {step} within {timeout} s (killed)\n"
+        + describe_child(process, "".join(printed) + stdout, stderr)
+    )
 
 
 def file_records(path) -> list[dict]:

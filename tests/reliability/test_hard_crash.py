@@ -14,6 +14,7 @@ import pytest
 from reliability_helpers import file_records, report, start_endless_training, wait_for_step
 
 from trackmux.runlog import RunLogWarning, read_run
+from trackmux.testing import describe_child, rest_of_output, run_child
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +24,12 @@ def killed_run(tmp_path_factory):
     try:
         logged = wait_for_step(process, 30)
         process.kill()  # SIGKILL: no handler, no cleanup, no flush
-        process.communicate(timeout=30)
+        stdout, stderr = rest_of_output(process, timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == -9
+    assert process.returncode == -9, describe_child(process, stdout, stderr)
     return output_dir, logged
 
 
@@ -51,12 +52,12 @@ def test_the_run_reads_as_not_finished(killed_run):
     assert run.status is None and not run.finished
     assert run.records[-1]["type"] == "metrics"
     shown = trackmux("show", "--json", str(output_dir / "runs" / "endless"))
-    assert shown.returncode == 0, shown.stderr
+    assert shown.returncode == 0, describe_child(shown)
     summary = json.loads(shown.stdout)
-    assert summary["finished"] is False and summary["status"] is None
+    assert summary["finished"] is False and summary["status"] is None, describe_child(shown)
     text = trackmux("show", str(output_dir))  # an output_dir: its latest run
-    assert text.returncode == 0, text.stderr
-    assert "no finish record" in text.stdout
+    assert text.returncode == 0, describe_child(text)
+    assert "no finish record" in text.stdout, describe_child(text)
 
 
 def test_a_torn_last_line_is_skipped_with_a_warning(killed_run, tmp_path):
@@ -71,8 +72,8 @@ def test_a_torn_last_line_is_skipped_with_a_warning(killed_run, tmp_path):
     assert run.metrics == complete.metrics
     assert run.skipped == [len(events.splitlines()) + 1]
     shown = trackmux("show", "--json", str(torn))
-    assert shown.returncode == 0, shown.stderr
-    assert "torn last line" in shown.stderr
+    assert shown.returncode == 0, describe_child(shown)
+    assert "torn last line" in shown.stderr, describe_child(shown)
 
 
 def test_a_damaged_line_in_the_middle_does_not_hide_the_rest(tmp_path):
@@ -94,6 +95,4 @@ def test_a_damaged_line_in_the_middle_does_not_hide_the_rest(tmp_path):
 
 
 def trackmux(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "trackmux", *arguments], capture_output=True, text=True, timeout=60
-    )
+    return run_child([sys.executable, "-m", "trackmux", *arguments], timeout=60, check=False)

@@ -22,7 +22,7 @@ from reliability_helpers import (
 )
 
 from trackmux.runlog import read_run
-from trackmux.testing.processes import rest_of_output
+from trackmux.testing.processes import describe_child, rest_of_output
 from trackmux.trainer import Terminated
 
 
@@ -38,19 +38,22 @@ def test_an_interrupt_closes_every_tracker_as_killed(tmp_path, record_property, 
             process.kill()
             process.wait()
 
-    assert process.returncode == -signum, stderr  # died by the signal it was sent
-    sent = int(next(line for line in stdout.splitlines() if line.startswith("sent ")).split()[1])
+    child = describe_child(process, stdout, stderr)
+    assert process.returncode == -signum, child  # died by the signal it was sent
+    said_sent = [line for line in stdout.splitlines() if line.startswith("sent ")]
+    assert said_sent, child
+    sent = int(said_sent[0].split()[1])
     run = read_run(tmp_path / "runs" / "endless")
     recorded = file_records(tmp_path / "recorder.jsonl")
     received = [r for r in recorded if r["type"] == "metrics"]
     report(record_property, sent, jsonl=len(run.history("train/loss")), recorder=len(received))
 
-    assert run.status == "killed" and run.records[-1]["type"] == "finish"
-    assert recorded[-1] == {"type": "finish", "status": "killed"}
+    assert run.status == "killed" and run.records[-1]["type"] == "finish", child
+    assert recorded[-1] == {"type": "finish", "status": "killed"}, child
     steps = list(range(1, sent + 1))
-    assert [step for step, _ in run.history("train/loss")] == steps
-    assert [r["step"] for r in received] == steps
-    assert f"training interrupted at step {sent}" in stderr
+    assert [step for step, _ in run.history("train/loss")] == steps, child
+    assert [r["step"] for r in received] == steps, child
+    assert f"training interrupted at step {sent}" in stderr, child
 
     # the interrupt checkpoint holds every step that was logged, and the tracker identities
     checkpoint = tmp_path / f"checkpoint-{sent}"
@@ -65,15 +68,16 @@ def test_without_save_on_interrupt_no_checkpoint_is_written(tmp_path):
     try:
         wait_for_step(process, 5)
         process.send_signal(signal.SIGINT)
-        _, stderr = rest_of_output(process, timeout=60)
+        stdout, stderr = rest_of_output(process, timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == -signal.SIGINT, stderr
-    assert "KeyboardInterrupt" in stderr  # the usual traceback of an uncaught Ctrl-C
-    assert not list(tmp_path.glob("checkpoint-*"))
-    assert read_run(tmp_path / "runs" / "endless").status == "killed"
+    child = describe_child(process, stdout, stderr)
+    assert process.returncode == -signal.SIGINT, child
+    assert "KeyboardInterrupt" in stderr, child  # the usual traceback of an uncaught Ctrl-C
+    assert not list(tmp_path.glob("checkpoint-*")), child
+    assert read_run(tmp_path / "runs" / "endless").status == "killed", child
 
 
 class SignalsDuringFlush(Recorder):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
 import sys
 import textwrap
 
@@ -16,6 +15,7 @@ import pytest
 from reliability_helpers import Recorder, make_trainer
 
 from trackmux.runlog import find_runs, read_run
+from trackmux.testing import describe_child, run_child
 
 SECRET = "s3cr3t-token-5f1c9e"  # what a credential variable holds in these tests
 
@@ -131,26 +131,24 @@ def third_party(tmp_path):
 
 
 def cli(env, *arguments):
-    return subprocess.run(
-        [sys.executable, "-m", "trackmux", *arguments],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
+    return run_child(
+        [sys.executable, "-m", "trackmux", *arguments], env=env, timeout=60, check=False
     )
 
 
 def test_the_cli_never_prints_a_credential(third_party, tmp_path, monkeypatch):
     env, _ = third_party
     table, listing = cli(env, "plugins"), cli(env, "plugins", "--json")
-    assert table.returncode == 0 and listing.returncode == 0, table.stderr + listing.stderr
+    assert table.returncode == 0 and listing.returncode == 0, (
+        describe_child(table) + "\n" + describe_child(listing)
+    )
     rows = {row["name"]: row for row in json.loads(listing.stdout)["plugins"]}
     assert rows["leaky"]["mode"] == "online (https://alice:***@example.com)"
     assert rows["broken"]["status"] == "broken"
     assert "https://bob:***@host/simple" in rows["broken"]["reason"]
-    assert "leaky" in table.stdout and "broken" in table.stdout
+    assert "leaky" in table.stdout and "broken" in table.stdout, describe_child(table)
     for output in (table, listing):
-        assert SECRET not in output.stdout + output.stderr
+        assert SECRET not in output.stdout + output.stderr, describe_child(output)
 
     # show: a run trained with the credential in its config
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
@@ -159,15 +157,16 @@ def test_the_cli_never_prints_a_credential(third_party, tmp_path, monkeypatch):
     trainer.train()
     for arguments in (["show"], ["show", "--json"]):
         shown = cli(env, *arguments, str(tmp_path / "out"))
-        assert shown.returncode == 0, shown.stderr
-        assert SECRET not in shown.stdout + shown.stderr
+        assert shown.returncode == 0, describe_child(shown)
+        assert SECRET not in shown.stdout + shown.stderr, describe_child(shown)
 
 
 def test_disabling_autoload_keeps_third_party_code_from_loading(third_party):
     env, imported = third_party
     listing = cli({**env, "TRACKMUX_DISABLE_PLUGIN_AUTOLOAD": "1"}, "plugins", "--json")
-    assert listing.returncode == 0, listing.stderr
+    assert listing.returncode == 0, describe_child(listing)
     assert [row["name"] for row in json.loads(listing.stdout)["plugins"]] == ["jsonl"]
     assert not imported.exists()  # the plugin module was never imported
-    assert cli(env, "plugins", "--json").returncode == 0
+    autoloaded = cli(env, "plugins", "--json")
+    assert autoloaded.returncode == 0, describe_child(autoloaded)
     assert imported.exists()  # (and without the variable it is)

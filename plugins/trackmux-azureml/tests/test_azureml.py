@@ -6,14 +6,20 @@ is never contacted (the ``loopback_only`` guard of conftest.py refuses any other
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 import uuid
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from trackmux.testing import RunData, TrackerConformance, jsonl_log, run_training
+from trackmux.testing import (
+    RunData,
+    TrackerConformance,
+    describe_child,
+    jsonl_log,
+    run_child,
+    run_training,
+)
 from trackmux_azureml.tracker import AzureMLTracker
 
 AZURE_URI = (
@@ -307,7 +313,5 @@ def test_discovery_imports_neither_mlflow_nor_azureml():
         "assert info.tracker_class.unconfigured_reason()\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'azureml')))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert result.stdout.strip() == "[]"
+    result = run_child([sys.executable, "-c", code], timeout=120)
+    assert result.stdout.strip() == "[]", describe_child(result)

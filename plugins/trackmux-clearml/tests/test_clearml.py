@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import subprocess
 import sys
 import time
 import zipfile
@@ -15,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from trackmux.testing import RunData, TrackerConformance, discovery_report, jsonl_log, run_training
+from trackmux.testing import (
+    RunData,
+    TrackerConformance,
+    describe_child,
+    discovery_report,
+    jsonl_log,
+    run_child,
+    run_training,
+)
 from trackmux.testing.conformance import StopAt
 from trackmux.tracker import RunInfo
 from trackmux_clearml.tracker import (
@@ -172,10 +179,8 @@ def test_a_report_subprocess_chosen_in_clearml_conf_is_kept(tmp_path, monkeypatc
         f"sdk {{ development {{ report_use_subprocess: {written} }} }}\n" if written else ""
     )
     monkeypatch.setenv("CLEARML_CONFIG_FILE", str(config))
-    output = subprocess.run(
-        [sys.executable, "-c", _USER_CHOICE], capture_output=True, text=True, check=True
-    ).stdout
-    assert output.strip().splitlines()[-1] == kept
+    result = run_child([sys.executable, "-c", _USER_CHOICE])
+    assert result.stdout.strip().splitlines()[-1] == kept, describe_child(result)
 
 
 # -- which task -----------------------------------------------------------------------------
@@ -311,12 +316,11 @@ def test_resume_in_a_new_process_continues_the_offline_task(trackmux_env, clearm
     ("<pid>:") would make clearml hand it a stub task that records nothing."""
 
     def process(resume, value, step, status):
-        result = subprocess.run(
+        result = run_child(
             [sys.executable, "-c", _PROCESS, json.dumps(resume), str(value), str(step), status],
-            capture_output=True,
-            text=True,
+            check=False,
         )
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.returncode == 0, describe_child(result)
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     first = ClearMLTracker()
@@ -443,11 +447,7 @@ print(json.dumps({"status": info.status, "reason": info.reason, "fix": info.fix,
 
 
 def test_reports_itself_unavailable_without_clearml():
-    report = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", _WITHOUT_CLEARML], capture_output=True, text=True, check=True
-        ).stdout
-    )
+    report = json.loads(run_child([sys.executable, "-c", _WITHOUT_CLEARML]).stdout)
     assert report["status"] == "unavailable"
     assert report["reason"].startswith("backend missing: clearml is not installed")
     assert report["fix"] == 'pip install "clearml>=2.0"'

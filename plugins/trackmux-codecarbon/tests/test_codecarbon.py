@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import textwrap
 import threading
@@ -25,7 +24,14 @@ import time
 import pytest
 
 from trackmux import Tracker, TrainerCallback
-from trackmux.testing import StopAt, TrackerConformance, jsonl_log, run_training
+from trackmux.testing import (
+    StopAt,
+    TrackerConformance,
+    describe_child,
+    jsonl_log,
+    run_child,
+    run_training,
+)
 from trackmux_codecarbon.tracker import FIGURES, CodeCarbonTracker
 
 SETTINGS = {"country_iso_code": "FRA", "project_name": "trackmux-tests"}
@@ -296,18 +302,17 @@ def test_torchrun_two_processes_measure_once(offline):
         )
     )
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
+    done = run_child(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script)],
         cwd=offline,
         env=environment,
-        check=True,
         timeout=300,
-        capture_output=True,
     )
     rank0 = json.loads((offline / "rank0.json").read_text())
     rank1 = json.loads((offline / "rank1.json").read_text())
-    assert rank1 == {"file": None, "figures": None}
-    assert sorted(os.listdir(offline / "out" / "codecarbon")) == ["emissions.csv"]
+    child = describe_child(done)
+    assert rank1 == {"file": None, "figures": None}, child
+    assert sorted(os.listdir(offline / "out" / "codecarbon")) == ["emissions.csv"], child
     last = read_rows(offline / "out" / "codecarbon" / "emissions.csv")[-1]
     assert {f"codecarbon/{k}": v for k, v in rank0["figures"].items()} == figures_of(last)
     summary = jsonl_log(offline / "out").summary
@@ -342,10 +347,8 @@ def test_unavailable_backend_is_reported(monkeypatch):
 
 def test_importing_the_plugin_does_not_import_codecarbon():
     code = "import sys, trackmux_codecarbon.tracker; print('codecarbon' in sys.modules)"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "False"
+    result = run_child([sys.executable, "-c", code])
+    assert result.stdout.strip() == "False", describe_child(result)
 
 
 class TestCodeCarbonConformance(TrackerConformance):

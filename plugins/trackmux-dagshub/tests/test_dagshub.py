@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ntpath
 import os
-import subprocess
 import sys
 import uuid
 
@@ -13,7 +12,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from trackmux.delivery import TrackerError
-from trackmux.testing import RunData, TrackerConformance, jsonl_log, run_training
+from trackmux.testing import (
+    RunData,
+    TrackerConformance,
+    describe_child,
+    jsonl_log,
+    run_child,
+    run_training,
+)
 from trackmux_dagshub.tracker import (
     BRANCH_TAG,
     DagsHubConfigError,
@@ -281,7 +287,5 @@ def test_importing_the_plugin_does_not_import_mlflow():
         "assert info is not None and info.available, info\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'dagshub')))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.strip() == "[]"
+    result = run_child([sys.executable, "-c", code], timeout=60)
+    assert result.stdout.strip() == "[]", describe_child(result)

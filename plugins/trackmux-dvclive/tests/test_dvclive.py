@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from trackmux.testing import RunData, StopAt, TrackerConformance, jsonl_log, run_training
+from trackmux.testing import (
+    RunData,
+    StopAt,
+    TrackerConformance,
+    describe_child,
+    jsonl_log,
+    run_child,
+    run_training,
+)
 from trackmux.tracker import RunInfo
 from trackmux_dvclive.tracker import DVCLiveTracker
 
@@ -133,12 +140,8 @@ def test_dvc_reads_the_run_back(trackmux_env):
     run_training(trackmux_env / "out", tracker)
     assert "dvc plots show" in tracker.where()
     assert tracker.where().startswith(str(trackmux_env / "out" / "dvclive"))
-    shown = subprocess.run(
-        [sys.executable, "-m", "dvc", "metrics", "show", "--json"],
-        cwd=trackmux_env / "out",
-        capture_output=True,
-        text=True,
-        check=True,
+    shown = run_child(
+        [sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=trackmux_env / "out"
     )
     data = json.loads(shown.stdout)[""]["data"]["dvclive/metrics.json"]["data"]
     log = jsonl_log(trackmux_env / "out")
@@ -273,11 +276,11 @@ def test_discovery_does_not_import_dvclive():
         "assert not loaded, loaded\n"
         "print(info.backend_version)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = run_child([sys.executable, "-c", code], timeout=120, check=False)
+    assert done.returncode == 0, describe_child(done)
     from importlib.metadata import version
 
-    assert done.stdout.strip() == version("dvclive")
+    assert done.stdout.strip() == version("dvclive"), describe_child(done)
 
 
 def test_all_skips_dvclive_where_it_would_run_dvc_init(tmp_path, monkeypatch):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -22,9 +21,11 @@ import pytest
 
 from trackmux.testing import (
     TrackerConformance,
+    describe_child,
     discovery_report,
     hidden_backend_report,
     jsonl_log,
+    run_child,
     run_training,
 )
 from trackmux.testing.pytest_plugin import BACKEND_ENV_VARS
@@ -100,15 +101,14 @@ def tasks(tmp_path_factory) -> Executions:
         WANDB_SILENT="true",
         COMET_ERROR_TRACKING_ENABLE="false",
     )
-    done = subprocess.run(
+    done = run_child(
         [sys.executable, TASK_SCRIPT, json.dumps(scenarios)],
         env=env,
         cwd=root,
-        capture_output=True,
-        text=True,
         timeout=300,
+        check=False,
     )
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, describe_child(done)
     reports = json.loads(done.stdout.strip().splitlines()[-1])
     decks = {}
     for path in root.glob("**/deck.html"):

@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import uuid
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from trackmux.testing import RunData, TrackerConformance, jsonl_log, run_training
+from trackmux.testing import (
+    RunData,
+    TrackerConformance,
+    describe_child,
+    jsonl_log,
+    run_child,
+    run_training,
+)
 from trackmux.testing.conformance import TRAINING_DEFAULTS
 from trackmux.tracker import RunInfo
 from trackmux_mlflow.tracker import MlflowTracker
@@ -393,7 +399,5 @@ def test_discovery_does_not_import_mlflow():
         "assert info.available and info.distribution == 'trackmux-mlflow', info\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert result.stdout.strip() == "[]"
+    result = run_child([sys.executable, "-c", code], timeout=120)
+    assert result.stdout.strip() == "[]", describe_child(result)

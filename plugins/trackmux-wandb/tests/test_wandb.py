@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 import struct
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,14 @@ from pathlib import Path
 import pytest
 from wandb.proto import wandb_internal_pb2
 
-from trackmux.testing import RunData, TrackerConformance, jsonl_log, run_training
+from trackmux.testing import (
+    RunData,
+    TrackerConformance,
+    describe_child,
+    jsonl_log,
+    run_child,
+    run_training,
+)
 from trackmux.tracker import RunInfo
 from trackmux_wandb.tracker import STEP_METRIC, WandbTracker
 
@@ -494,15 +500,8 @@ def test_import_and_discovery_do_not_import_wandb():
         "print(info.mode(), sorted(m for m in sys.modules if m.split('.')[0] == 'wandb'))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        env=env,
-    )
-    assert result.stdout.strip() == "offline []"
+    result = run_child([sys.executable, "-c", code], timeout=60, env=env)
+    assert result.stdout.strip() == "offline []", describe_child(result)
 
 
 def test_unavailable_backend_names_its_pip_line(monkeypatch):

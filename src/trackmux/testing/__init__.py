@@ -18,6 +18,8 @@ _LAZY = {
     "runnable_blocks": "trackmux.testing.docs",
     "run_page": "trackmux.testing.docs",
     "rest_of_output": "trackmux.testing.processes",
+    "run_child": "trackmux.testing.processes",
+    "describe_child": "trackmux.testing.processes",
 }
 __all__ = list(_LAZY)
 

@@ -378,14 +378,12 @@ def hidden_backend_report(name: str, distribution: str, module: str, version=Non
     reason and fix, the ReportToError an explicit ``report_to=[name]`` raises, why "all"
     skips it, and whether the backend module got imported (it must not)."""
     import json
-    import subprocess
     import sys
 
-    output = subprocess.run(
-        [sys.executable, "-c", _HIDDEN_BACKEND, name, distribution, module, version or "missing"],
-        capture_output=True,
-        text=True,
-        check=True,
+    from trackmux.testing.processes import run_child
+
+    output = run_child(
+        [sys.executable, "-c", _HIDDEN_BACKEND, name, distribution, module, version or "missing"]
     ).stdout
     return json.loads(output)
 
@@ -411,15 +409,11 @@ def discovery_report(name: str, package: str, heavy, env=None, cwd=None) -> dict
     why "all" skips it (or None), and which of the ``heavy`` top-level modules got imported
     (a plugin's discovery must import none: not torch, not its backend)."""
     import json
-    import subprocess
     import sys
 
-    output = subprocess.run(
-        [sys.executable, "-c", _DISCOVERY, name, package, ",".join(heavy)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-        cwd=cwd,
+    from trackmux.testing.processes import run_child
+
+    output = run_child(
+        [sys.executable, "-c", _DISCOVERY, name, package, ",".join(heavy)], env=env, cwd=cwd
     ).stdout
     return json.loads(output)

@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from trackmux.testing.processes import describe_child
+
 #: seen taking over 60 s to answer on this 2-core machine under load
 STARTUP_TIMEOUT = 180.0
 
@@ -81,8 +83,12 @@ def mlflow_server(root: Path, *, port: int | None = None, args=(), env=None, hea
             while not _healthy(url + health_path):
                 if process.poll() is not None or time.monotonic() > deadline:
                     log.flush()
-                    tail = (root / "server.log").read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"mlflow server did not answer {url}/health:\n{tail}")
+                    output = (root / "server.log").read_text(errors="replace")
+                    raise RuntimeError(
+                        f"mlflow server did not answer {url}/health"
+                        f" (deadline {STARTUP_TIMEOUT} s)\n"
+                        + describe_child(process, output, "(sent to stdout: server.log)")
+                    )
                 time.sleep(0.5)
             yield url
         finally:
