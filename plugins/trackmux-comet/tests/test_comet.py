@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -17,9 +16,11 @@ from trackmux.delivery import TrackerError
 from trackmux.testing import (
     RunData,
     TrackerConformance,
+    describe_child,
     discovery_report,
     hidden_backend_report,
     jsonl_log,
+    run_child,
     run_training,
 )
 from trackmux.testing.conformance import HYPERPARAMETERS, TRAINING_DEFAULTS
@@ -410,9 +411,13 @@ def test_identity_names_the_experiment_and_its_directory(trackmux_env):
 # Every socket connect and DNS lookup is recorded through audit hooks, in a process where
 # neither the plugin nor comet_ml was imported before and COMET_ERROR_TRACKING_ENABLE is unset:
 # the plugin must keep comet_ml from reaching out (Sentry) and from printing its warnings.
+# Whether Sentry is on is asked of sentry_sdk's public API, not of a comet_ml internal
+# (comet_ml 3.58's ``error_tracking.initialized()`` reads ``sentry_sdk.Hub``, which
+# sentry-sdk 3 removed).
 _FRESH_RUN = """
 import json, os, random, sys
-# comet_ml turns Sentry on for a random half of its imports: always draw that half
+# comet_ml sets Sentry up on a random half of its imports (random.random() >= 0.5): always
+# draw that half, so that only the plugin's setting can keep it off
 random.random = lambda: 0.99
 calls = []
 def audit(event, args):
@@ -422,9 +427,15 @@ sys.addaudithook(audit)
 from trackmux.testing import run_training
 from trackmux_comet.tracker import CometTracker
 run_training("out", CometTracker(), max_steps=2, eval_strategy="no")
-from comet_ml import error_tracking
+import sentry_sdk
+if hasattr(sentry_sdk, "get_client"):  # sentry-sdk 2 and 3
+    sentry = sentry_sdk.get_client().is_active()
+else:  # sentry-sdk 1
+    sentry = sentry_sdk.Hub.current.client is not None
 comet_env = sorted(name for name in os.environ if name.startswith("COMET_"))
-print(json.dumps({"calls": calls, "sentry": error_tracking.initialized(), "env": comet_env}))
+print(json.dumps({
+    "comet_ml": "comet_ml" in sys.modules, "calls": calls, "sentry": sentry, "env": comet_env
+}))
 """
 
 
@@ -435,22 +446,22 @@ def test_a_fresh_offline_run_is_silent_and_makes_no_network_call(tmp_path):
         if not name.startswith(("COMET_", "TRACKMUX_"))
     }
     env.update(HOME=str(tmp_path), TRACKMUX_STRICT="1")
-    result = subprocess.run(
-        [sys.executable, "-c", _FRESH_RUN],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
-        check=True,
-    )
+    result = run_child([sys.executable, "-c", _FRESH_RUN], timeout=300, cwd=tmp_path, env=env)
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    # no Sentry, and the variables the plugin set for comet_ml's import are gone again
-    assert report == {"calls": [], "sentry": False, "env": []}
+    # comet_ml ran, with no Sentry client bound and no network call, and the variables the
+    # plugin set for comet_ml's import are gone again
+    expected = {"comet_ml": True, "calls": [], "sentry": False, "env": []}
+    assert report == expected, describe_child(result)
     comet_lines = [line for line in result.stderr.splitlines() if line.startswith("COMET ")]
-    assert comet_lines == []
-    (notice,) = [line for line in result.stderr.splitlines() if line.startswith("comet_ml:")]
-    assert notice.endswith(f"comet upload {next((tmp_path / 'out' / 'comet').glob('*.zip'))}")
+    assert comet_lines == [], describe_child(result)
+    # the one line that names the archive, and the archive holds the run
+    (archive,) = (tmp_path / "out" / "comet").glob("*.zip")
+    notices = [line for line in result.stderr.splitlines() if line.startswith("comet_ml:")]
+    assert len(notices) == 1, describe_child(result)
+    assert notices[0].endswith(f"comet upload {archive}"), describe_child(result)
+    data = read_experiments(tmp_path / "out" / "comet")
+    assert [step for step, _ in data.metrics["train/loss"]] == [2]
+    assert data.status == "success"
 
 
 def test_import_and_discovery_load_neither_comet_ml_nor_torch(tmp_path):
