@@ -65,6 +65,8 @@ class TrackerWorker:
         self.error: BaseException | None = None
         self.identity: dict | None = None
         self.started = False
+        #: set once ``start`` returned or failed: a checkpoint waits on it for the identity
+        self.start_returned = threading.Event()
         self._abandoned = False
         self.stalls = 0
         self.stalled_seconds = 0.0
@@ -198,13 +200,32 @@ class TrackerWorker:
         self.submit("flush", marker)
         return marker
 
+    @property
+    def stuck(self) -> bool:
+        """Whether a wait on this tracker timed out and it has not moved since: it is not
+        waited for again, so one dead backend does not cost every save the whole timeout."""
+        return self._stuck_at is not None and self._stuck_at == self._taken
+
+    def wait_started(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the submitted ``start`` returned or failed."""
+        if self.start_returned.is_set():
+            return True
+        if self.disabled or self.stuck:
+            return False
+        if self.start_returned.wait(timeout):
+            return True
+        self._stuck_at = self._taken
+        return False
+
     def flush(self, timeout: float) -> bool:
         """Wait until everything submitted so far was delivered (at most ``timeout`` s).
-        A tracker that has not moved since its last flush timed out is not waited for
-        again: one dead backend must not cost every save the whole timeout."""
-        if self._stuck_at is not None and self._stuck_at == self._taken:
+        A tracker that is ``stuck`` is not waited for."""
+        if self.stuck:
             return False
-        marker = self.request_flush()
+        return self.wait_flushed(self.request_flush(), timeout)
+
+    def wait_flushed(self, marker: _Flush | None, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) for a flush that ``request_flush`` asked for."""
         if marker is None:
             return True
         done = marker.done.wait(timeout)
@@ -308,14 +329,17 @@ class TrackerWorker:
                 raise
             self._failed(_shown(method), error, max(1, records))
             return
+        else:
+            if method == "start":  # before the event below: a waiter reads the identity
+                self.started = True
+                self.identity = result if isinstance(result, dict) else None
         finally:
             self.busy_seconds += time.perf_counter() - began
             self._in_hand = 0
+            if method == "start":
+                self.start_returned.set()
         self.delivered += records
         self.failures = 0
-        if method == "start":
-            self.started = True
-            self.identity = result if isinstance(result, dict) else None
 
     def _failed(self, method: str, error: BaseException, records: int = 1) -> None:
         # a failed batch counts each record it held, as if they had come one by one

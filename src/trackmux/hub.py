@@ -19,6 +19,7 @@ from .delivery import TrackerError, TrackerWorker
 from .hookspecs import PROJECT_NAME, hookimpl
 from .run import Run, choose_trackers, generated_run_name, safe_where
 from .tracker import FAILED, KILLED, SUCCESS, Tracker
+from .trainer_state import STATE_FILE_NAME, add_tracker_runs
 from .trainer_utils import get_last_checkpoint
 from .values import MetricFilter
 
@@ -38,6 +39,8 @@ class TrackerHub:
         self._depth = 0
         self._final_model: str | None = None
         self._policies: dict[str, str] = {}
+        #: state files saved this session while trackers were still starting: their names
+        self._unsettled: dict[str, list[str]] = {}
 
     @classmethod
     def for_trainer(cls, trainer) -> TrackerHub:
@@ -125,8 +128,15 @@ class TrackerHub:
     def _resume_identity(self, name: str, kind: str) -> dict | None:
         """A training continues a run only when resumed from a checkpoint (the state holds
         the identity); evaluate/predict reopen this Trainer's last run."""
-        saved = self.trainer.state.tracker_runs.get(name)
+        state = self.trainer.state
+        saved = state.tracker_runs.get(name)
         if kind == "train":
+            if saved is None and name in state.tracker_runs_pending:
+                logger.warning(
+                    "tracker %r: opening a new run; the checkpoint resumed from holds no run "
+                    "identity for it (its start had not returned when the checkpoint was saved)",
+                    name,
+                )
             return saved
         return self._identities.get(name) or saved
 
@@ -148,20 +158,77 @@ class TrackerHub:
             self._final_artifacts()
         run, self.run = self.run, None
         try:
-            run.finish(status)
+            run.finish(status)  # waits for the trackers, those still starting included
         finally:
             self._remember_identities(run)
+            self._unsettled.clear()  # what did not start by now never will in this run
 
     def _remember_identities(self, run: Run) -> None:
+        state = self.trainer.state
         self._identities.update(run.identities)
-        self.trainer.state.tracker_runs.update(run.identities)
+        state.tracker_runs.update(run.identities)
+        state.tracker_runs_pending = [
+            name for name in state.tracker_runs_pending if name not in run.identities
+        ]
+        self._complete_checkpoints(run.identities)
 
-    def before_checkpoint(self) -> None:
-        """Flush every tracker (bounded) and record run identities in the state that is
-        about to be saved, so resuming this checkpoint continues the same runs."""
-        if self.run is not None:
-            self.run.flush(self.trainer.args.tracker_close_timeout)
-            self._remember_identities(self.run)
+    def before_checkpoint(self, directory: str) -> None:
+        """Wait for the trackers, within ``tracker_close_timeout`` in all (a start that has
+        not returned first, then a flush), and record their run identities in the state
+        about to be saved in ``directory``, so resuming it continues the same runs. A
+        tracker still starting then is named in a warning and in ``tracker_runs_pending``;
+        its identity is added to that checkpoint if it starts before this run closes."""
+        state, args = self.trainer.state, self.trainer.args
+        state.tracker_runs_pending = []
+        if self.run is None:
+            return
+        self.run.flush(args.tracker_close_timeout)
+        self._remember_identities(self.run)
+        starting = self.run.starting()
+        if not starting or not args.should_save:
+            return
+        self._unsettled[os.path.join(directory, STATE_FILE_NAME)] = starting
+        # one that resumed a run keeps that run's identity meanwhile
+        state.tracker_runs_pending = [name for name in starting if name not in state.tracker_runs]
+        for name in state.tracker_runs_pending:
+            logger.warning(
+                "tracker %r had not started when %s was saved (a save waits for a start up "
+                "to %g s, TrainingArguments.tracker_close_timeout): it holds no run identity "
+                "for it, so resuming it would open a new %r run. The identity is added to the "
+                "checkpoint if the tracker starts before this run closes; on a slow or loaded "
+                "machine, raise tracker_close_timeout.",
+                name,
+                directory,
+                args.tracker_close_timeout,
+                name,
+            )
+
+    def _complete_checkpoints(self, identities: dict[str, dict]) -> None:
+        """Add the identities of trackers that started after a checkpoint of this session
+        was saved to that checkpoint, so resuming it continues their runs."""
+        for path, names in list(self._unsettled.items()):
+            found = {name: identities[name] for name in names if name in identities}
+            if not found:
+                continue
+            left = [name for name in names if name not in found]
+            if left:
+                self._unsettled[path] = left
+            else:
+                del self._unsettled[path]
+            try:
+                changed = add_tracker_runs(path, found)
+            except FileNotFoundError:
+                continue  # rotated away (save_total_limit)
+            except (OSError, ValueError) as error:
+                names = ", ".join(repr(name) for name in found)
+                logger.warning("could not add the run identity of %s to %s: %s", names, path, error)
+                continue
+            if changed:
+                logger.info(
+                    "%s: added the run identity of %s, which started after it was saved",
+                    path,
+                    ", ".join(repr(name) for name in found),
+                )
 
     def _show_stall(self, worker: TrackerWorker, waiting: bool) -> None:
         """Back-pressure made visible: the progress bar names the tracker the loop waits on."""

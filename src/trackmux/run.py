@@ -232,14 +232,34 @@ class Run:
     # -- flushing and closing ------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait (at most ``timeout`` s, default the close timeout) until every tracker has
-        made durable what it received; identities are known afterwards."""
+        """Wait (at most ``timeout`` s in all, default the close timeout) until every
+        tracker has started and made durable what it received; the identities of the
+        started ones are known afterwards, the others are in ``starting()``."""
         self._start()  # a flush is a point where the run exists (its identity is known)
         timeout = self.close_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        # every tracker flushes on its own thread at once, while this waits: a slow one
+        # does not leave the others no time
+        markers = [(worker, worker.request_flush()) for worker in self.workers if not worker.stuck]
+        # the starts first: an identity is what a checkpoint cannot do without
         for worker in self.workers:
-            worker.flush(max(0.0, deadline - time.monotonic()))
+            worker.wait_started(left())
+        for worker, marker in markers:
+            if worker.start_returned.is_set():  # a flush queued behind a start cannot end
+                worker.wait_flushed(marker, left())
         self._remember_identities()
+
+    def starting(self) -> list[str]:
+        """The trackers whose ``start`` was submitted and has not returned yet."""
+        return [
+            worker.tracker.name
+            for worker in self.workers
+            if self._started and not worker.disabled and not worker.start_returned.is_set()
+        ]
 
     def finish(self, status: str = SUCCESS) -> None:
         """Close every tracker's run with ``status`` (success, failed, killed), waiting at

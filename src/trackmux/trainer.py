@@ -961,7 +961,7 @@ class Trainer:
     def _save_checkpoint(self) -> str:
         args, state = self.args, self.state
         directory = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        self.trackers.before_checkpoint()
+        self.trackers.before_checkpoint(directory)
         if args.should_save:
             self.save_model(directory)
             torch.save(self.optimizer.state_dict(), os.path.join(directory, OPTIMIZER_NAME))

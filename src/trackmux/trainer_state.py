@@ -3,8 +3,11 @@ callbacks steer it). Names and meanings follow Hugging Face's ``trainer_callback
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +65,12 @@ class TrainerState:
     ``logging_steps``, ``eval_steps`` and ``save_steps`` are absolute intervals (a fractional
     ``TrainingArguments`` value is resolved against ``max_steps``). ``tracker_runs`` holds each
     tracker's run identity (a run id, an experiment key) so a resumed run continues the same
-    tracker run. Loading ignores keys it does not know, so a newer file still loads.
+    tracker run. ``tracker_runs_pending`` names the trackers whose ``start`` had not returned
+    when the checkpoint was saved (within ``TrainingArguments.tracker_close_timeout``) and
+    that have no identity in it: resuming it opens a new run for them. Should such a tracker
+    start later in the same session, the saved file gets its identity and loses the name.
+    Loading ignores keys it does not know, so a newer file still loads, and gives a key an
+    older file lacks its default.
     """
 
     epoch: float = 0.0
@@ -86,11 +94,10 @@ class TrainerState:
     stateful_callbacks: dict[str, Any] = field(default_factory=dict)
     run_name: str | None = None
     tracker_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tracker_runs_pending: list[str] = field(default_factory=list)
 
     def save_to_json(self, json_path) -> None:
-        text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=_jsonable)
-        with open(json_path, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+        _write_atomically(json_path, _dumps(dataclasses.asdict(self)))
 
     @classmethod
     def load_from_json(cls, json_path) -> TrainerState:
@@ -108,6 +115,49 @@ class TrainerState:
             if value is None:
                 value = args.logging_steps
             setattr(self, name, max(1, resolve_steps(value, max_steps)))
+
+
+def add_tracker_runs(json_path, identities: dict[str, dict]) -> bool:
+    """Add run identities to a saved ``trainer_state.json`` (their names leave
+    ``tracker_runs_pending``), replacing the file atomically; the other keys are kept as
+    they are. Returns whether the file changed."""
+    with open(json_path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict) or not isinstance(data.setdefault("tracker_runs", {}), dict):
+        raise ValueError(f"{json_path} is not a trainer state file")
+    runs = data["tracker_runs"]
+    pending = data.get("tracker_runs_pending") or []
+    if all(runs.get(name) == identity for name, identity in identities.items()) and not any(
+        name in identities for name in pending
+    ):
+        return False
+    runs.update(identities)
+    data["tracker_runs_pending"] = [name for name in pending if name not in identities]
+    _write_atomically(json_path, _dumps(data))
+    return True
+
+
+def _dumps(data: dict) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n"
+
+
+def _write_atomically(path, text: str) -> None:
+    """Write a temporary file beside ``path`` and rename it over ``path``: a reader (or a
+    resume after a crash) sees the old file or the new one, never half of one."""
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+    try:
+        # "x" creates the file with the umask's mode, like the file it replaces
+        with open(temporary, "x", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _jsonable(value):
