@@ -163,9 +163,10 @@ def test_an_interrupt_closes_every_backend_as_killed(
         cwd=tmp_path,
     )
     try:
-        wait_for_step(process, 10, timeout=120)
+        wait_for_step(process, 10, timeout=300)
         process.send_signal(signum)
-        stdout, stderr = rest_of_output(process, timeout=120)
+        # the save and the close may each wait up to tracker_close_timeout (120 s) on trackers
+        stdout, stderr = rest_of_output(process, timeout=600)
     finally:
         if process.poll() is None:
             process.kill()
