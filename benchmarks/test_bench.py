@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 import time
 
 import dispatch
@@ -52,12 +53,15 @@ def test_slow_tracker_does_not_hold_the_loop(tmp_path):
 
 
 def test_settle_waits_for_a_trackers_start(tmp_path):
+    go = threading.Event()
+
     class SlowStart(Tracker):
         name = "slow-start"
         started = False
 
         def start(self, run):
-            time.sleep(0.3)
+            go.wait(300)  # not started before the first step ends, however slow the machine
+            time.sleep(0.3)  # and slow once let go: a settle that did not wait would show it
             self.started = True
 
         def log_metrics(self, metrics, step, epoch=None):
@@ -73,6 +77,7 @@ def test_settle_waits_for_a_trackers_start(tmp_path):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 1:
                 seen.append(tracker.started)
+                go.set()
                 settle(trainer)
                 seen.append(tracker.started)
 

@@ -184,7 +184,7 @@ def start_endless_training(output_dir, **options) -> subprocess.Popen:
     return python_process(ENDLESS_TRAINING, str(output_dir), json.dumps(options))
 
 
-def wait_for_step(process: subprocess.Popen, step: int, timeout: float = 60) -> int:
+def wait_for_step(process: subprocess.Popen, step: int, timeout: float = 300) -> int:
     """Read the process's progress until step ``step`` was logged; return the last step
     it reported."""
     import selectors

@@ -59,7 +59,7 @@ def test_a_hung_tracker_is_abandoned_at_the_close_timeout(
     trainer = make_trainer(
         tmp_path, [hung, healthy], callbacks=[end], tracker_close_timeout=CLOSE_TIMEOUT
     )
-    output = trainer.train()
+    trainer.train()
     closing = time.monotonic() - end.at
 
     count = sent(trainer)
@@ -72,10 +72,12 @@ def test_a_hung_tracker_is_abandoned_at_the_close_timeout(
         hung=len(hung.of("metrics")) + len(hung.of("summary")),
     )
     assert len(logged) == healthy.received == count == 7
-    # the loop never waited for the hung tracker...
-    assert output.metrics["train_runtime"] < 2.0
-    # ...and closing gave up on it after the timeout, not later
-    assert closing < CLOSE_TIMEOUT + 1.0, closing
+    # the loop never waited for the hung tracker (its queue had room, nothing was flushed)...
+    figures = read_run(find_runs(tmp_path)[-1]).delivery["hung"]
+    assert figures["stalls"] == 0 and figures["waited_s"] == 0, figures
+    assert not any("did not flush within" in r.getMessage() for r in caplog.records)
+    # ...and closing waited the timeout for it, once, then gave up on it (below)
+    assert closing >= CLOSE_TIMEOUT, closing
     assert healthy.calls[-1] == ("finish", "success")
     (warning,) = [message for message in abandoned_warnings(caplog) if "'hung'" in message]
     # one record is stuck in its hands, the other six wait in its queue
@@ -99,10 +101,12 @@ def test_a_hung_tracker_costs_the_saves_one_close_timeout_in_all(tmp_path, caplo
         tmp_path, [hung], save_strategy="steps", save_steps=2, tracker_close_timeout=0.3
     )
     output = trainer.train()  # three saves
-    # the loop's own work is milliseconds: the rest is the one wait at the first save
-    assert 0.3 <= output.metrics["train_runtime"] < 0.3 + 1.0, output.metrics
+    # the first save waited the timeout; the later ones did not wait again (each wait that
+    # runs out says so)
+    assert output.metrics["train_runtime"] >= 0.3, output.metrics
     assert len(jsonl_records(tmp_path)) == sent(trainer)
-    assert any("did not flush within" in r.getMessage() for r in caplog.records)
+    timed_out = [r for r in caplog.records if "did not flush within" in r.getMessage()]
+    assert len(timed_out) == 1, [r.getMessage() for r in timed_out]
 
 
 def test_a_hung_tracker_with_a_full_queue_is_abandoned(tmp_path, caplog, gate, record_property):
@@ -113,10 +117,10 @@ def test_a_hung_tracker_with_a_full_queue_is_abandoned(tmp_path, caplog, gate, r
     # a daemon thread: were the loop to wait forever, the test would still end
     worker = threading.Thread(target=trainer.train, daemon=True)
     worker.start()
-    worker.join(4)  # six steps take milliseconds, the wait 0.5 s
+    worker.join(300)  # six steps and the 0.5 s wait; far longer only if it never gives up
     stuck = worker.is_alive()
     gate.set()
-    worker.join(10)
+    worker.join(60)
     assert not stuck, "training waited forever on a hung tracker's full queue"
     count = sent(trainer)
     report(record_property, count, jsonl=len(jsonl_records(tmp_path)), hung=hung.received)

@@ -102,8 +102,9 @@ def figures_of(row) -> dict[str, float]:
 
 
 def codecarbon_timers() -> list[threading.Thread]:
-    """codecarbon's measurement threads (its schedulers run on threading.Timer)."""
-    deadline = time.monotonic() + 2
+    """codecarbon's measurement threads (its schedulers run on threading.Timer), once the
+    cancelled ones had time to end: a generous deadline, a loaded machine is slow to it."""
+    deadline = time.monotonic() + 60
     while True:
         timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
         if not timers or time.monotonic() > deadline:
@@ -370,4 +371,5 @@ class TestCodeCarbonConformance(TrackerConformance):
     test_resume_continues_the_same_run = None
     test_a_plain_loop_run_arrives = None
     test_params_added_after_start_arrive = None
+    test_no_metric_overwrites_another = None
     test_nothing_on_non_main_ranks = None  # created on every rank by design: tested above

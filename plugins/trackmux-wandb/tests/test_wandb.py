@@ -133,7 +133,7 @@ class WandbRun:
         return RunData(params=self.config, metrics=self.metrics(), status=status, runs=runs)
 
 
-def complete_records(path, timeout: float = 10.0) -> list:
+def complete_records(path, timeout: float = 120.0) -> list:
     """The records of a finished piece. ``run.finish()`` returns a few milliseconds before
     wandb-core has written the file out (it is complete at the latest when the process
     exits): wait for its exit record."""
