@@ -73,6 +73,8 @@ TRACKMUX_DEFAULTS = {
     "tracker_close_timeout": 30.0,
     "tracker_stall_timeout": 300.0,
     "save_on_interrupt": False,
+    "journal_errors": "retry",
+    "stop_on_nonfinite_loss": False,
 }
 
 # Arguments that make load_best_model_at_end valid.
@@ -112,13 +114,15 @@ def test_field_set_and_order():
     names = [f.name for f in dataclasses.fields(TrainingArguments)]
     assert set(names) == set(HF_DEFAULTS) | set(TRACKMUX_DEFAULTS)
     assert names[0] == "output_dir"
-    assert names[-6:] == [
+    assert names[-8:] == [
         "tracker_strict",
         "tracker_artifacts",
         "tracker_queue_size",
         "tracker_close_timeout",
         "tracker_stall_timeout",
         "save_on_interrupt",
+        "journal_errors",
+        "stop_on_nonfinite_loss",
     ]
 
 

@@ -29,6 +29,8 @@ _LAZY = {
     "Tracker": "trackmux.tracker",
     "RunInfo": "trackmux.tracker",
     "TrackerError": "trackmux.delivery",
+    "JournalError": "trackmux.delivery",
+    "NonFiniteLossError": "trackmux.trainer_utils",
     "ReportToError": "trackmux.report_to",
     "hookimpl": "trackmux.hookspecs",
     "hookspec": "trackmux.hookspecs",

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 
+from .values import RedactingFilter
+
 _configured = False
 
 
@@ -22,5 +24,7 @@ def ensure_default_handler() -> None:
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # no credential printed: a URI's userinfo, a token in an error message (values.redact_text)
+    handler.addFilter(RedactingFilter())
     library.addHandler(handler)
     library.propagate = False

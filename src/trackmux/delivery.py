@@ -25,11 +25,18 @@ STALL_WARNING_AFTER = 5.0
 #: most metrics records handed to a tracker in one ``log_metrics_batch`` call
 MAX_BATCH = 1000
 _STOP = object()
+_STRICT_STOPS = "strict mode (tracker_strict / TRACKMUX_STRICT=1): training stops with TrackerError"
 _RECORDS = ("log_metrics", "log_summary", "log_params", "log_artifact")
 
 
 class TrackerError(RuntimeError):
     """A tracker failed while strict mode (``tracker_strict`` / ``TRACKMUX_STRICT=1``) is on."""
+
+
+class JournalError(TrackerError):
+    """The run journal (the ``jsonl`` tracker) could not be written and
+    ``TrainingArguments.journal_errors="stop"`` asks training to stop on that. Raised from the
+    tracker itself; the worker lets it through whatever the strict mode."""
 
 
 class _Flush:
@@ -180,6 +187,8 @@ class TrackerWorker:
             "failures": self.failed_calls,
             "disabled": self.disabled,
             "abandoned": self.abandoned,
+            # a tracker's own figures (the run journal: records dropped, still unwritten)
+            **(_own_figures(self.tracker)),
         }
 
     def prepare(self, run) -> bool:
@@ -318,7 +327,16 @@ class TrackerWorker:
         began = time.perf_counter()
         self._in_hand = records
         try:
-            result = getattr(self.tracker, method)(*arguments)
+            if method == "start":  # the resume identity is checked first (trackmux.tracker)
+                call = getattr(self.tracker, "_start_vetted", self.tracker.start)
+            else:
+                call = getattr(self.tracker, method)
+            result = call(*arguments)
+        except JournalError as error:
+            self.failed_calls += max(1, records)
+            self.disabled = True
+            logger.error("%s", error)
+            raise
         except Exception as error:
             self._failed(_shown(method), error, max(1, records))
             return
@@ -350,23 +368,38 @@ class TrackerWorker:
         if not self.reported:
             self.reported = True
             logger.error(
-                "tracker %r failed in %s(); training goes on without this record:\n%s",
+                "tracker %r failed in %s(); %s:\n%s",
                 self.name,
                 method,
+                _STRICT_STOPS if self.strict else "training goes on without this record",
                 "".join(traceback.format_exception(error)).rstrip(),
             )
         else:
             logger.debug("tracker %r failed again in %s(): %r", self.name, method, error)
+        if self.disabled:
+            return  # said once already (a disabled tracker still gets its finish call)
         if method in ("prepare", "start") or self.failures >= MAX_CONSECUTIVE_FAILURES:
             self.disabled = True
             logger.error(
-                "tracker %r is disabled for the rest of this run (%s); the other trackers and "
-                "training go on",
+                "tracker %r is disabled for the rest of this run (%s); %s",
                 self.name,
                 "it could not start"
                 if method in ("prepare", "start")
                 else f"{self.failures} failures in a row",
+                "strict mode: training stops with TrackerError"
+                if self.strict
+                else "the other trackers and training go on",
             )
+
+
+def _own_figures(tracker: Tracker) -> dict:
+    own = getattr(tracker, "delivery_figures", None)
+    if own is None:
+        return {}
+    try:
+        return dict(own())
+    except Exception:  # a report never fails on a tracker's figures
+        return {}
 
 
 def _as_record(arguments: tuple) -> tuple:

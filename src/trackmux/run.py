@@ -17,7 +17,7 @@ from typing import Any
 from ._logging import ensure_default_handler
 from .delivery import TrackerError, TrackerWorker
 from .tracker import FAILED, KILLED, STATUSES, SUCCESS, RunInfo, Tracker
-from .values import MetricFilter, flatten, redact
+from .values import MetricFilter, flatten, redact, redact_identity, redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,9 @@ class Run:
         self.workers: list[TrackerWorker] = []
         self.filter = _AsGiven()
         self._started = False
+        # per tracker: name logged -> backend name, and backend name -> name logged
         self._metric_names: dict[str, dict[str, str]] = {}
+        self._metric_owners: dict[str, dict[str, str]] = {}
 
     # -- opening -----------------------------------------------------------------------
 
@@ -217,17 +219,32 @@ class Run:
         worker.submit(method, *arguments)
 
     def _names_for(self, tracker: Tracker, metrics: dict) -> dict:
-        """The metrics under the names the tracker's backend accepts (cached per name)."""
-        if type(tracker).sanitize_name is Tracker.sanitize_name and not tracker.max_name_length:
+        """The metrics under the names the tracker's backend accepts (cached per name): no
+        two names of a run share a backend name (see :func:`_assign_names`)."""
+        if (
+            type(tracker).sanitize_name is Tracker.sanitize_name
+            and not tracker.max_name_length
+            and not tracker.max_name_part_bytes
+        ):
             return metrics
-        names = self._metric_names.setdefault(tracker.name, {})
+        names = self._metric_names.get(tracker.name)
+        if names is None:
+            names = self._metric_names[tracker.name] = {}
+            self._metric_owners[tracker.name] = {}
         renamed = {}
         for name, value in metrics.items():
             clean = names.get(name)
             if clean is None:
-                clean = names[name] = _limited_name(tracker, name)
+                _assign_names(tracker, metrics, names, self._metric_owners[tracker.name])
+                clean = names[name]
             renamed[clean] = value
         return renamed
+
+    def metric_names(self, tracker_name: str) -> dict[str, str]:
+        """The names given so far to ``tracker_name``'s backend: {name logged: name stored}
+        (only names that trackmux had to map; a name stored as logged is absent)."""
+        names = self._metric_names.get(tracker_name, {})
+        return {name: clean for name, clean in names.items() if clean != name}
 
     # -- flushing and closing ------------------------------------------------------------
 
@@ -302,7 +319,9 @@ class Run:
     def _remember_identities(self) -> None:
         for worker in self.workers:
             if worker.identity is not None:
-                self.identities[worker.tracker.name] = worker.identity
+                # what checkpoints and sync-state.json keep: never a credential (a URI's
+                # userinfo, a token); a tracker reconnects with its configured URI
+                self.identities[worker.tracker.name] = redact_identity(worker.identity)
 
     def where(self) -> list[tuple[str, str | None]]:
         """(tracker name, where its data is) for each tracker."""
@@ -420,18 +439,109 @@ def _prepare_config(tracker: Tracker, config: dict) -> dict:
 
 
 def _limited_name(tracker: Tracker, name: str) -> str:
+    """``name`` sanitised for the tracker; over its limits (characters in all, UTF-8 bytes
+    per "/" part), cut and given ``_`` + 8 hex digits of a hash of ``name`` itself, so the
+    same long name is shortened the same way in every run and two long names stay apart."""
     clean = tracker.sanitize_name(name)
+    if _fits(tracker, clean):
+        return clean
+    return _with_suffix(tracker, clean, _suffix(name))
+
+
+def _assign_names(tracker: Tracker, metrics: dict, names: dict, owners: dict) -> None:
+    """Give a backend name to each name of ``metrics`` not named yet.
+
+    The rule (docs/trackers.md, "Metric names"): a name keeps its sanitised, limited form
+    unless another name of the run already holds it; then it is stored as that form plus
+    ``_`` and 8 hex digits of a hash of the name itself (stable across runs and resumes),
+    with one warning naming both. Within one record, names the backend accepts unchanged
+    are placed first, so ``acc/top1`` keeps its name against ``acc//top1`` whatever the
+    order of the dict."""
+    new = [name for name in metrics if name not in names]
+    limited = {name: _limited_name(tracker, name) for name in new}
+    new.sort(key=lambda name: limited[name] != name)  # stable: otherwise as logged
+    for name in new:
+        clean = limited[name]
+        owner = owners.get(clean)
+        if owner is None:
+            chosen = clean
+            if clean != name and not _fits(tracker, tracker.sanitize_name(name)):
+                logger.warning(
+                    "%s: metric name %r is too long for this backend; stored as %r",
+                    tracker.name,
+                    name,
+                    chosen,
+                )
+        else:
+            base = tracker.sanitize_name(name)
+            seed, attempt = name, 0
+            chosen = _with_suffix(tracker, base, _suffix(seed))
+            while chosen in owners:  # a hash collision, or a user name that looks like one
+                attempt += 1
+                seed = f"{name}#{attempt}"
+                chosen = _with_suffix(tracker, base, _suffix(seed))
+            logger.warning(
+                "%s: metric names %r and %r both map to %r in this backend; %r keeps it, "
+                "%r is stored as %r",
+                tracker.name,
+                owner,
+                name,
+                clean,
+                owner,
+                name,
+                chosen,
+            )
+        owners[chosen] = name
+        names[name] = chosen
+
+
+def _suffix(seed: str) -> str:
+    import hashlib
+
+    data = seed.encode("utf-8", "surrogatepass")
+    return "_" + hashlib.blake2s(data, digest_size=4).hexdigest()
+
+
+def _part_bytes(part: str) -> int:
+    return len(part.encode("utf-8", "surrogatepass"))
+
+
+def _fits(tracker: Tracker, clean: str) -> bool:
     limit = tracker.max_name_length
     if limit is not None and len(clean) > limit:
-        clean = clean[:limit]
-    return clean
+        return False
+    most = tracker.max_name_part_bytes
+    return most is None or all(_part_bytes(part) <= most for part in clean.split("/"))
+
+
+def _cut_bytes(part: str, most: int) -> str:
+    if _part_bytes(part) <= most:
+        return part
+    return part.encode("utf-8", "surrogatepass")[: max(most, 0)].decode("utf-8", "ignore")
+
+
+def _with_suffix(tracker: Tracker, clean: str, suffix: str) -> str:
+    """``clean`` + ``suffix``, cut so the result fits the tracker's limits."""
+    limit = tracker.max_name_length
+    if limit is not None:
+        if limit <= len(suffix):  # no room for a suffix: a plain cut
+            return clean[:limit]
+        clean = clean[: limit - len(suffix)]
+    most = tracker.max_name_part_bytes
+    if most is not None:
+        parts = clean.split("/")
+        parts[:-1] = [_cut_bytes(part, most) for part in parts[:-1]]
+        parts[-1] = _cut_bytes(parts[-1], most - len(suffix))
+        clean = "/".join(parts)
+    return clean + suffix
 
 
 def safe_where(tracker: Tracker) -> str | None:
     try:
-        return tracker.where()
+        where = tracker.where()
     except Exception as error:
-        return f"unknown ({error})"
+        where = f"unknown ({error})"
+    return redact_text(where) if isinstance(where, str) else where
 
 
 def _log_delivery_line(report: dict[str, dict]) -> None:
@@ -447,8 +557,15 @@ def _log_delivery_line(report: dict[str, dict]) -> None:
             details.append(f"{figures['failures']} failed")
         if figures["abandoned"]:
             details.append(f"abandoned {figures['abandoned']}")
+        if figures.get("dropped"):
+            details.append(f"dropped {figures['dropped']}")
+        if figures.get("unwritten"):
+            details.append(f"{figures['unwritten']} unwritten")
         if details:
             text += f" ({', '.join(details)})"
         parts.append(text)
     if parts:
-        logger.info("tracker time: %s", "; ".join(parts))
+        lost = any(
+            figures.get("dropped") or figures.get("unwritten") for figures in report.values()
+        )
+        logger.log(logging.WARNING if lost else logging.INFO, "tracker time: %s", "; ".join(parts))

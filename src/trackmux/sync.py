@@ -27,6 +27,7 @@ from typing import Any
 
 from .runlog import RunLog, events_path, read_run
 from .tracker import KILLED, STATUSES, Tracker
+from .values import redact_identity, redact_text
 
 STATE_FILE = "sync-state.json"
 LOCK_FILE = "sync-state.lock"
@@ -167,7 +168,9 @@ def _write_state(run_dir, state: dict) -> None:
     path = state_path(run_dir)
     temporary = f"{path}.tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(state, handle, indent=2, sort_keys=True)
+        # no credential is kept: a URI's userinfo in an identity or a "where" (one written by
+        # an older trackmux included)
+        json.dump(redact_identity(state), handle, indent=2, sort_keys=True)
         handle.write("\n")
     os.replace(temporary, path)
 
@@ -194,6 +197,9 @@ class SyncResult:
     error: str | None = None
 
     def line(self) -> str:
+        return redact_text(self._line())
+
+    def _line(self) -> str:
         where = f" -> {self.where}" if self.where else ""
         if self.error:
             return f"{self.tracker}: FAILED after {self.records} record(s): {self.error}{where}"

@@ -17,9 +17,11 @@ method decorated with ``@trackmux.hookimpl``; those run on the loop thread, erro
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,9 @@ class Tracker:
     param_separator: ClassVar[str] = "/"
     #: backend limits applied by trackmux, with a warning when something is cut
     max_name_length: ClassVar[int | None] = None
+    #: most UTF-8 bytes in one "/"-separated part of a name (a backend that writes one file
+    #: per metric name: a file system refuses a path component over 255 bytes)
+    max_name_part_bytes: ClassVar[int | None] = None
     max_param_value_length: ClassVar[int | None] = None
     #: environment variable that sets this tracker's artifact policy (e.g. HF_MLFLOW_LOG_ARTIFACTS)
     artifacts_env: ClassVar[str | None] = None
@@ -163,10 +168,52 @@ class Tracker:
     # -- names and values -----------------------------------------------------------------
 
     def sanitize_name(self, name: str) -> str:
-        """Make a metric or param name acceptable to the backend (override per backend)."""
+        """Make a metric or param name acceptable to the backend (override per backend).
+
+        Map each name the same way every time, and map a name already acceptable to itself.
+        Leave lengths to :attr:`max_name_length` and :attr:`max_name_part_bytes`: trackmux
+        shortens an over-long name with a stable hash suffix, and gives a name that lands on
+        another metric's name a suffix of its own, with a warning (docs/trackers.md)."""
         return name
 
     # -- what authors implement ----------------------------------------------------------
+
+    #: keys of the identity :meth:`start` returns that hold a file system path. trackmux
+    #: stores them relative to :meth:`identity_root` and, on a resume, passes them back
+    #: absolute, and only if they resolve inside it (or equal the configured path)
+    identity_paths: ClassVar[tuple[str, ...]] = ()
+    #: keys of the identity that name the store the run lives in (a tracking URI...): a
+    #: resume is honoured only if they equal what :meth:`configured_store` says now
+    identity_store: ClassVar[tuple[str, ...]] = ()
+
+    def configured_store(self, run: RunInfo) -> dict[str, Any]:
+        """The store (and paths) the current configuration points at, for the keys of
+        :attr:`identity_store` and :attr:`identity_paths`; called on the worker thread right
+        before :meth:`start` when a run is resumed. A key left out is not compared."""
+        return {}
+
+    def identity_root(self, run: RunInfo) -> str:
+        """The directory the :attr:`identity_paths` are relative to (default: output_dir)."""
+        return run.output_dir
+
+    def _start_vetted(self, run: RunInfo) -> dict[str, Any] | None:
+        """What the worker calls: :meth:`start` with a resume identity checked against the
+        current configuration (a checkpoint is data, not instructions), its identity
+        returned with paths relative to :meth:`identity_root`."""
+        if run.resume is not None:
+            run = replace(run, resume=vet_identity(self, run))
+            self.run_info = run
+        identity = self.start(run)
+        if isinstance(identity, dict) and self.identity_paths:
+            identity = dict(identity)
+            root = os.path.realpath(self.identity_root(run))
+            for key in self.identity_paths:
+                value = identity.get(key)
+                if isinstance(value, str) and os.path.isabs(value):
+                    resolved = os.path.realpath(value)
+                    if _within(resolved, root):
+                        identity[key] = os.path.relpath(resolved, root)
+        return identity
 
     def prepare(self, run: RunInfo) -> None:
         """Called on the training loop's thread right before :meth:`start` is queued: the
@@ -234,3 +281,97 @@ class Tracker:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+# -- identities from checkpoints, run names: data, never instructions ---------------------
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _shown_store(value: Any) -> str:
+    """A store value for a message, without the userinfo (credentials) of a URI."""
+    return re.sub(r"(?<=://)[^/@\s]*@", "***@", str(value))
+
+
+def _same_store(saved: Any, configured: Any) -> bool:
+    def normal(value):
+        return re.sub(r"(?<=://)[^/@\s]*@", "", str(value)).rstrip("/")
+
+    return normal(saved) == normal(configured)
+
+
+def vet_identity(tracker: Tracker, run: RunInfo) -> dict[str, Any] | None:
+    """``run.resume`` if it may be continued under the current configuration, with its
+    :attr:`Tracker.identity_paths` made absolute; None (a new run) with a warning naming the
+    tracker and what was refused otherwise: a store other than the configured one, a path
+    that resolves outside :meth:`Tracker.identity_root` (``..``, absolute, a symlink out)."""
+    resume = run.resume
+    if not resume:
+        return resume
+    name = tracker.name or type(tracker).__name__
+    if not isinstance(resume, dict):
+        logger.warning("tracker %r: ignoring a run identity that is not a dict: %r", name, resume)
+        return None
+    refused = []
+    configured = {}
+    if tracker.identity_store or tracker.identity_paths:
+        configured = tracker.configured_store(run) or {}
+    for key in tracker.identity_store:
+        wanted = configured.get(key)
+        if key in resume and wanted is not None and not _same_store(resume[key], wanted):
+            refused.append(
+                f"{key} {_shown_store(resume[key])!r} is not the configured "
+                f"{_shown_store(wanted)!r}"
+            )
+    vetted = dict(resume)
+    root = os.path.realpath(tracker.identity_root(run))
+    for key in tracker.identity_paths:
+        value = resume.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or "\0" in value:
+            refused.append(f"{key} {value!r} is not a path")
+            continue
+        resolved = os.path.realpath(os.path.join(root, value))
+        wanted = configured.get(key)
+        if _within(resolved, root) or (
+            wanted is not None and resolved == os.path.realpath(os.fspath(wanted))
+        ):
+            vetted[key] = resolved
+        else:
+            refused.append(f"{key} {value!r} resolves outside {root}")
+    if refused:
+        logger.warning(
+            "tracker %r: opening a new run; the run identity restored from the checkpoint was "
+            "refused: %s",
+            name,
+            "; ".join(refused),
+        )
+        return None
+    return vetted
+
+
+#: the longest directory name made from a run name (characters, and at most 200 bytes)
+MAX_RUN_DIR_NAME = 100
+_UNSAFE_IN_NAME = re.compile(r"[\x00-\x1f\x7f/\\]+")
+
+
+def run_dir_name(name: Any) -> str:
+    """The directory name made from a run name: one path component, never ``.``/``..``, so
+    it stays inside the directory it is joined to. Path separators and control characters
+    (NUL included) become ``_``, leading dots and surrounding spaces are stripped, and the
+    name is capped at :data:`MAX_RUN_DIR_NAME` characters; when anything was changed a short
+    hash of the full name is appended, so different names stay different directories.
+    Backends keep the name itself as the run's display name."""
+    name = str(name)
+    clean = _UNSAFE_IN_NAME.sub("_", name).strip().lstrip(".").strip()
+    limit = MAX_RUN_DIR_NAME
+    while len(clean[:limit].encode("utf-8")) > 200:
+        limit -= 10
+    clean = clean[:limit].rstrip()
+    if clean == name:
+        return clean
+    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{clean}-{digest}" if clean else f"run-{digest}"

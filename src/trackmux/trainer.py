@@ -36,10 +36,13 @@ from .trainer_callback import (
 from .trainer_state import STATE_FILE_NAME, ExportableState, TrainerControl, TrainerState
 from .trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
+    TEMPORARY_SUFFIX,
     EvalPrediction,
+    NonFiniteLossError,
     PredictionOutput,
     TrainOutput,
     capture_rng_state,
+    damaged_state_file,
     get_last_checkpoint,
     get_scheduler,
     restore_rng_state,
@@ -677,6 +680,10 @@ class Trainer:
         start_step = state.global_step
         self._loss_since_log = torch.zeros((), device=self.device)
         self._steps_since_log = 0
+        # steps whose loss was NaN/inf, counted on the device: no sync per step
+        self._nonfinite_steps = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._nonfinite_reported = False
+        self._last_logged_step = state.global_step
         self._total_loss = 0.0
         self._last_grad_norm = None
         self.control._new_training()
@@ -716,7 +723,10 @@ class Trainer:
             self._maybe_log_save_evaluate()
 
         # steps after the last log (logging_strategy "no", an early stop) count in train_loss
-        self._total_loss += self.distributed.mean(self._loss_since_log).item()
+        rest = self.distributed.mean(self._loss_since_log).item()
+        self._check_loss(rest)
+        self._total_loss += rest
+        nonfinite = int(self._nonfinite_steps.item())  # once per training
         if args.load_best_model_at_end and state.best_model_checkpoint:
             self._load_model_weights(state.best_model_checkpoint)
         runtime = time.time() - start_time
@@ -733,6 +743,14 @@ class Trainer:
             "total_flos": state.total_flos,
             "train_loss": train_loss,
         }
+        if nonfinite:
+            metrics["train_nonfinite_loss_steps"] = nonfinite
+            logger.warning(
+                "%d of the %d training step(s) had a NaN or infinite loss (stop on the first "
+                "with TrainingArguments.stop_on_nonfinite_loss=True)",
+                nonfinite,
+                steps_done,
+            )
         self.log(metrics)
         self._event("on_train_end")
         return TrainOutput(state.global_step, train_loss, metrics)
@@ -741,6 +759,7 @@ class Trainer:
         """Run one optimizer step over ``window`` micro-batches; False if data ran out."""
         self.control._new_step()
         self._event("on_step_begin")
+        step_loss = None
         for index in range(window):
             try:
                 inputs = next(batches)
@@ -749,11 +768,17 @@ class Trainer:
             last = index == window - 1
             if not last and self.distributed.enabled:
                 with model.no_sync():  # gradients are all-reduced once, on the last one
-                    self._loss_since_log += self.training_step(model, inputs, window)
+                    loss = self.training_step(model, inputs, window)
             else:
-                self._loss_since_log += self.training_step(model, inputs, window)
+                loss = self.training_step(model, inputs, window)
+            self._loss_since_log += loss
+            step_loss = loss if step_loss is None else step_loss + loss
             if not last:
                 self._event("on_substep_end")
+        finite = torch.isfinite(step_loss)
+        self._nonfinite_steps += ~finite  # stays on the device: read at a log, or the end
+        if self.args.stop_on_nonfinite_loss:
+            self._stop_if_nonfinite(finite, step_loss)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.args.max_grad_norm:
@@ -779,10 +804,48 @@ class Trainer:
         self._steps_since_log += 1
         return True
 
+    def _stop_if_nonfinite(self, finite: torch.Tensor, step_loss: torch.Tensor) -> None:
+        """stop_on_nonfinite_loss: one sync per step (all ranks agree), before the optimizer
+        applies the step, so the weights and the next checkpoint stay finite."""
+        if self.distributed.enabled:
+            stop = self.distributed.mean((~finite).float()).item() > 0
+        else:
+            stop = not bool(finite)
+        if not stop:
+            return
+        step = self.state.global_step + 1
+        self._nonfinite_reported = True
+        raise NonFiniteLossError(
+            f"the training loss is {float(step_loss)} at step {step}: training stops "
+            "(TrainingArguments.stop_on_nonfinite_loss=True); the weights are those of step "
+            f"{step - 1}"
+        )
+
+    def _check_loss(self, loss: float) -> None:
+        """Say once when a logged loss is NaN/inf. A non-finite step makes the sum of the
+        window non-finite, so this costs nothing per step: the device counter is read only
+        then."""
+        if self._nonfinite_reported or math.isfinite(loss):
+            return
+        self._nonfinite_reported = True
+        first, last = self._last_logged_step + 1, self.state.global_step
+        steps = f"step {last}" if first >= last else f"steps {first}-{last}"
+        logger.warning(
+            "the training loss is %s at step %d (%d step(s) with a non-finite loss so far, "
+            "logged over %s); training goes on (TrainingArguments.stop_on_nonfinite_loss=True "
+            "stops it); the end-of-run metrics count them as train_nonfinite_loss_steps",
+            loss,
+            last,
+            int(self._nonfinite_steps.item()),
+            steps,
+        )
+
     def _maybe_log_save_evaluate(self) -> None:
         control = self.control
         if control.should_log and self._steps_since_log:
             loss = self.distributed.mean(self._loss_since_log).item()
+            self._check_loss(loss)
+            self._last_logged_step = self.state.global_step
             logs = {"loss": loss / self._steps_since_log}
             if self._last_grad_norm is not None:
                 logs["grad_norm"] = float(self._last_grad_norm)
@@ -959,25 +1022,40 @@ class Trainer:
         return output_dir
 
     def _save_checkpoint(self) -> str:
+        """Write ``checkpoint-<step>`` atomically: every file (each rank's RNG state
+        included, the trainer state last) goes into ``checkpoint-<step>.tmp``, which is
+        renamed to its final name only when complete; a save cut short leaves no directory
+        that resume could pick. The trackers' state names the final directory (the hub may
+        add identities to its trainer_state.json later: it is there by then)."""
         args, state = self.args, self.state
         directory = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        staging = directory + TEMPORARY_SUFFIX
         self.trackers.before_checkpoint(directory)
         if args.should_save:
-            self.save_model(directory)
-            torch.save(self.optimizer.state_dict(), os.path.join(directory, OPTIMIZER_NAME))
-            torch.save(self.lr_scheduler.state_dict(), os.path.join(directory, SCHEDULER_NAME))
+            _remove(staging)  # left by a save that was cut short
+            os.makedirs(staging)
+        self.distributed.barrier()  # cleaned before any rank writes into it
+        os.makedirs(staging, exist_ok=True)  # a rank whose output_dir is not shared
+        if args.should_save:
+            self.save_model(staging)
+            torch.save(self.optimizer.state_dict(), os.path.join(staging, OPTIMIZER_NAME))
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(staging, SCHEDULER_NAME))
             if self.scaler is not None:
-                torch.save(self.scaler.state_dict(), os.path.join(directory, SCALER_NAME))
-        os.makedirs(directory, exist_ok=True)
+                torch.save(self.scaler.state_dict(), os.path.join(staging, SCALER_NAME))
         rank_file = f"rng_state_{self.distributed.rank}.pth"
-        torch.save(capture_rng_state(), os.path.join(directory, rank_file))
+        torch.save(capture_rng_state(), os.path.join(staging, rank_file))
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = directory
         self._stateful_callbacks_to_state()
+        self.distributed.barrier()  # every rank's files are in before the rename
         if args.should_save:
-            state.save_to_json(os.path.join(directory, STATE_FILE_NAME))
+            state.save_to_json(os.path.join(staging, STATE_FILE_NAME))
+            _publish(staging, directory)
             self._rotate_checkpoints()
         self.distributed.barrier()
+        if not args.should_save and os.path.isdir(staging):
+            # this rank's output_dir is not the main process's: publish its own files
+            _publish(staging, directory)
         return directory
 
     def _stateful_callbacks_to_state(self) -> None:
@@ -1020,6 +1098,12 @@ class Trainer:
             raise ValueError(
                 f"resume_from_checkpoint={directory!r} is not a trackmux checkpoint (no "
                 f"{STATE_FILE_NAME}); pass a checkpoint-<step> directory or True"
+            )
+        problem = damaged_state_file(state_file)
+        if problem is not None:
+            raise ValueError(
+                f"resume_from_checkpoint={directory!r}: its {STATE_FILE_NAME} {problem}; pass "
+                "an older checkpoint, or True for the newest intact one"
             )
         self._load_model_weights(directory)
 
@@ -1076,6 +1160,26 @@ class Trainer:
             if isinstance(saved, dict):
                 for attribute, value in saved.get("attributes", {}).items():
                     setattr(callback, attribute, value)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _publish(staging: str, directory: str) -> None:
+    """Rename the complete ``staging`` directory to ``directory``; one already there (the
+    same step saved again) is moved aside first and removed after."""
+    if not os.path.lexists(directory):
+        os.rename(staging, directory)
+        return
+    old = f"{directory}{TEMPORARY_SUFFIX}-old"
+    _remove(old)
+    os.rename(directory, old)
+    os.rename(staging, directory)
+    _remove(old)
 
 
 def _batch_size(inputs) -> int:

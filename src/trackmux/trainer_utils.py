@@ -4,6 +4,8 @@ RNG state capture, checkpoint discovery."""
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import math
 import os
 import random
@@ -12,8 +14,18 @@ from typing import Any, NamedTuple
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 PREFIX_CHECKPOINT_DIR = "checkpoint"
+#: a checkpoint is written as ``checkpoint-<step>.tmp`` and renamed once complete; that name
+#: never matches a checkpoint, so resume cannot pick one that is half written
+TEMPORARY_SUFFIX = ".tmp"
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite and ``TrainingArguments.stop_on_nonfinite_loss``
+    asks training to stop on it."""
 
 
 class EvalPrediction(NamedTuple):
@@ -140,9 +152,35 @@ def sorted_checkpoints(output_dir) -> list[str]:
 
 
 def get_last_checkpoint(output_dir) -> str | None:
-    """The newest complete checkpoint: its trainer_state.json, written last, is there (a
-    process killed while saving leaves a directory without one)."""
+    """The newest complete checkpoint: its trainer_state.json, written last, is there and
+    holds a JSON object. Checkpoints are written under a temporary name and renamed when
+    complete; one from an older version killed while saving (no state file) is passed over,
+    and one whose state file is damaged (empty, truncated, not an object) is passed over with
+    a warning, in favour of the one before it."""
     for checkpoint in reversed(sorted_checkpoints(output_dir)):
-        if os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
+        state_file = os.path.join(checkpoint, "trainer_state.json")
+        if not os.path.isfile(state_file):
+            continue
+        problem = damaged_state_file(state_file)
+        if problem is None:
             return checkpoint
+        logger.warning(
+            "skipping checkpoint %s: its trainer_state.json %s; looking for an older one",
+            checkpoint,
+            problem,
+        )
+    return None
+
+
+def damaged_state_file(path) -> str | None:
+    """Why the trainer state file ``path`` cannot be resumed from, or None if it can."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, UnicodeDecodeError) as error:
+        return f"cannot be read ({error})"
+    except ValueError as error:
+        return f"is not valid JSON (empty or truncated? {error})"
+    if not isinstance(data, dict):
+        return f"holds a JSON {type(data).__name__}, not an object"
     return None

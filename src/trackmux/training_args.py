@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "INTERVAL_STRATEGIES",
+    "JOURNAL_ERROR_MODES",
     "SAVE_STRATEGIES",
     "SCHEDULER_TYPES",
     "STRICT_ENV_VAR",
@@ -59,6 +60,9 @@ SAVE_STRATEGIES: tuple[str, ...] = ("no", "steps", "epoch", "best")
 
 TRACKER_ARTIFACT_POLICIES: tuple[str, ...] = ("none", "end", "checkpoint", "best", "last")
 """Allowed values of ``tracker_artifacts``."""
+
+JOURNAL_ERROR_MODES: tuple[str, ...] = ("retry", "stop")
+"""Allowed values of ``journal_errors``."""
 
 STRICT_ENV_VAR = "TRACKMUX_STRICT"
 """Environment variable read when ``tracker_strict`` is ``None``."""
@@ -374,6 +378,8 @@ _FIELD_CHECKS: dict[str, Checker] = {
     "tracker_close_timeout": _check_float("tracker_close_timeout", low=0, low_inclusive=False),
     "tracker_stall_timeout": _check_float("tracker_stall_timeout", low=0, low_inclusive=False),
     "save_on_interrupt": _check_bool("save_on_interrupt"),
+    "journal_errors": _check_choice("journal_errors", JOURNAL_ERROR_MODES),
+    "stop_on_nonfinite_loss": _check_bool("stop_on_nonfinite_loss"),
 }
 
 # Fields that validate() may fill in from other fields (as Hugging Face does in __post_init__).
@@ -513,6 +519,8 @@ class TrainingArguments:
     tracker_close_timeout: float = 30.0
     tracker_stall_timeout: float = 300.0
     save_on_interrupt: bool = False
+    journal_errors: str = "retry"
+    stop_on_nonfinite_loss: bool = False
 
     # ----------------------------------------------------------------------------------------
 

@@ -12,9 +12,6 @@ from collections.abc import Mapping
 
 logger = logging.getLogger(__name__)
 
-_URL_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):[^@/\s]+@", re.I
-)
 REDACTED = "***"
 
 
@@ -156,30 +153,107 @@ CREDENTIAL_ENV_VARS = (
 _CREDENTIAL_ENV_NAME = re.compile(r"_(TOKEN|API_?KEY|SECRET|SECRET_KEY|PASSWORD|PASSWD)$", re.I)
 #: shorter values are too likely to occur by chance ("true", "1234") to be matched
 MIN_SECRET_LENGTH = 6
-_SECRET_WORDS = {"token", "secret", "password", "passwd", "credential", "credentials", "apikey"}
-# tokenizer settings such as pad_token="<pad>" name a token of the vocabulary, not a secret
-_VOCABULARY_TOKENS = {"pad", "eos", "bos", "unk", "sep", "cls", "mask", "start", "end"}
+
+#: words that make a param name a secret's name, wherever they appear in it (``hub_token``,
+#: ``wandb/api_keys/openai``, ``clientSecret``, ``db.passwd``); the string value under such a
+#: name is replaced by ``***`` whole. Numbers are never redacted.
+SECRET_NAME_WORDS = (
+    "token", "tokens", "authtoken", "secret", "secrets", "password", "passwords", "passwd",
+    "pwd", "passphrase", "passphrases", "credential", "credentials", "apikey", "apikeys",
+    "accesskey", "secretkey", "privatekey", "authorization", "cookie", "cookies", "jwt",
+    "bearer", "webhook", "webhooks", "dsn",
+)  # fmt: skip
+#: ``key``/``keys`` is a secret's name alone (``key``, ``wandb/key``) or after one of these
+#: (``api_key``, ``private_key``, ``access_key``, ``secret_key``, ``ssh_key``...)
+SECRET_KEY_QUALIFIERS = (
+    "api", "private", "access", "secret", "signing", "encryption", "client", "ssh", "master",
+    "account", "auth", "license", "service", "shared", "session", "storage", "x",
+)  # fmt: skip
+# a token of the vocabulary, not a secret: pad_token="<pad>", max_tokens, token_type_ids
+_VOCABULARY_TOKENS = {
+    "pad", "eos", "bos", "unk", "sep", "cls", "mask", "start", "end", "max", "min", "num",
+    "special", "added", "new", "total", "extra", "additional", "input", "output", "prompt",
+    "context", "train", "eval", "seen", "per",
+}  # fmt: skip
+_TOKEN_COUNTS = {"id", "ids", "type", "types", "len", "length", "count", "counts", "limit",
+                 "budget", "size", "per", "embedding", "embeddings", "level", "dropout"}  # fmt: skip
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
-_QUERY_SECRET = re.compile(
-    r"(?P<name>[?&;](?:[a-z_]*token|api[_-]?key|key|secret|password|passwd|sig|signature)=)"
-    r"[^&#\s]+",
+
+#: value patterns redacted wherever they appear in a string (params, identities, URLs that
+#: are printed or saved), as ``(description, example)``; each is one regex below
+SECRET_VALUE_PATTERNS = (
+    ("userinfo in a URI", "scheme://user:***@host, scheme://***@host"),
+    ("HTTP Authorization values", "Bearer ***, Basic ***"),
+    ("password=/pwd=/secret=/token=/AccountKey= in connection strings", "libpq, ODBC, Azure"),
+    ("signed-URL and secret query parameters",
+     "X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, X-Goog-Signature, sig, "
+     "signature, token, access_token, key, api_key, secret, password"),
+    ("chat webhook URLs", "hooks.slack.com/services/..., discord.com/api/webhooks/..., "
+     "*.webhook.office.com/webhookb2/..."),
+    ("well-known token prefixes",
+     "ghp_/gho_/ghu_/ghs_/ghr_, github_pat_, glpat-, xoxb-/xoxp-/xoxa-/xoxr-/xoxs-, xapp-, "
+     "sk-/sk-proj-/sk-ant-, hf_, AKIA/ASIA (AWS key ids), AIza (Google), npm_, pypi-, "
+     "JWTs (eyJ...), PEM private key blocks"),
+)  # fmt: skip
+
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<info>[^/@\s?#]+)@", re.I)
+_AUTH_HEADER = re.compile(
+    r"\b(?P<name>(?i:bearer)|Digest(?=\s+\w+=)|Basic(?=\s+\S{12})|Token(?=\s+\S{16}))"
+    r"(?P<sep>\s+)[A-Za-z0-9._~+/=:,\"-]{6,}"
+)
+_PARAM_NAMES = (
+    r"[a-z_-]*token|api[_-]?key|apikey|key|[a-z_-]*secret|password|passwd|pwd|pass|sig"
+    r"|signature|x-amz-[a-z-]*(?:signature|credential|token)"
+    r"|x-goog-[a-z-]*(?:signature|credential)|accountkey|sharedaccesskey"
+    r"|sharedaccesssignature|access[_-]?key|private[_-]?key|auth|authorization"
+)
+_KEY_VALUE_SECRET = re.compile(
+    r"(?P<name>(?:^|(?<=[\s?&;,{(]))(?:" + _PARAM_NAMES + r")\s*=\s*)"
+    r"(?P<value>'[^']*'|\"[^\"]*\"|[^&#\s;,'\")}]+)",
     re.I,
+)
+_WEBHOOK = re.compile(
+    r"(?P<base>https?://(?:hooks\.slack\.com/(?:services|workflows|triggers)"
+    r"|(?:[a-z0-9-]+\.)?discord(?:app)?\.com/api/webhooks"
+    r"|[a-z0-9.-]*webhook\.office\.com/webhookb2|outlook\.office\.com/webhook)/)"
+    r"[^\s'\"?#<>]+",
+    re.I,
+)
+_TOKEN_PREFIXES = re.compile(
+    r"(?<![A-Za-z0-9_-])(?:"
+    r"gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{16,}|glpat-[A-Za-z0-9_-]{16,}"
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}|xapp-[A-Za-z0-9-]{10,}"
+    r"|sk-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{16,}|(?:AKIA|ASIA)[0-9A-Z]{16}"
+    r"|AIza[0-9A-Za-z_-]{30,}|npm_[A-Za-z0-9]{30,}|pypi-[A-Za-z0-9_-]{30,}"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"
+    r")"
+)
+_PRIVATE_KEY_BLOCK = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY[A-Z ]*-----.*?(?:-----END [A-Z ]*PRIVATE KEY[A-Z ]*-----|$)",
+    re.S,
 )
 
 
 def is_secret_name(key) -> bool:
     """Whether a (possibly flattened) param name says its value is a credential:
-    ``hub_token``, ``wandb/api_key``, ``clientSecret``; not ``max_tokens``, ``tokenizer`` or
-    ``pad_token``."""
+    ``hub_token``, ``wandb/api_keys/openai``, ``private_key``, ``clientSecret``, ``pwd``,
+    ``key``; not ``max_tokens``, ``tokenizer``, ``pad_token`` or ``sort_key``
+    (:data:`SECRET_NAME_WORDS`, :data:`SECRET_KEY_QUALIFIERS`)."""
     words = [word.lower() for word in _WORD.findall(str(key))]
     for index, word in enumerate(words):
-        if word == "token" and (index == 0 or words[index - 1] not in _VOCABULARY_TOKENS):
+        before = words[index - 1] if index else None
+        after = words[index + 1] if index + 1 < len(words) else None
+        if word in ("token", "tokens"):
+            if before in _VOCABULARY_TOKENS or after in _TOKEN_COUNTS:
+                continue
             return True
-        if word in _SECRET_WORDS - {"token"}:
+        if word in SECRET_NAME_WORDS:
             return True
-        if word == "api" and index + 1 < len(words) and words[index + 1] == "key":
+        if word in ("key", "keys") and (len(words) == 1 or before in SECRET_KEY_QUALIFIERS):
             return True
-    return False
+    # the last part of a path named ``key`` (``wandb/key``)
+    last = re.split(r"[/.:]", str(key))[-1].lower()
+    return last in ("key", "keys")
 
 
 def credential_values(environ=None) -> list[str]:
@@ -196,21 +270,39 @@ def credential_values(environ=None) -> list[str]:
 
 def redact_text(text: str, secrets=None) -> str:
     """``text`` with credentials hidden: the values of credential environment variables,
-    passwords in URLs (``scheme://user:***@host``) and secret query parameters."""
+    userinfo in URIs (``scheme://user:***@host``), and every pattern of
+    :data:`SECRET_VALUE_PATTERNS`. The one redaction function: params, run identities saved in
+    checkpoints and state files, and what trackmux prints all go through it."""
+    if not isinstance(text, str) or not text:
+        return text
     for secret in credential_values() if secrets is None else secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
     if "@" in text:
-        text = _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:" + REDACTED + "@", text)
+        text = _URL_USERINFO.sub(_redact_userinfo, text)
     if "=" in text:
-        text = _QUERY_SECRET.sub(r"\g<name>" + REDACTED, text)
+        text = _KEY_VALUE_SECRET.sub(r"\g<name>" + REDACTED, text)
+    text = _AUTH_HEADER.sub(r"\g<name>\g<sep>" + REDACTED, text)
+    text = _WEBHOOK.sub(r"\g<base>" + REDACTED, text)
+    text = _TOKEN_PREFIXES.sub(REDACTED, text)
+    if "PRIVATE KEY" in text:
+        text = _PRIVATE_KEY_BLOCK.sub(REDACTED, text)
     return text
 
 
+def _redact_userinfo(match: re.Match) -> str:
+    user, colon, _password = match["info"].partition(":")
+    if colon:  # user:password -> the user stays, it names who, not how
+        return f"{match['scheme']}{user}:{REDACTED}@"
+    if user == REDACTED:
+        return match.group(0)
+    return f"{match['scheme']}{REDACTED}@"  # a lone userinfo is often a token
+
+
 def redact(params: dict) -> dict:
-    """Hide string values whose key names a secret (``hub_token``, ``api_key``, ``password``
-    ...), every value that is or contains a credential from the environment
-    (:data:`CREDENTIAL_ENV_VARS`, ``*_TOKEN``, ``*_API_KEY``...), and passwords in URLs.
+    """Hide string values whose key names a secret (:func:`is_secret_name`), every value that
+    is or contains a credential from the environment (:data:`CREDENTIAL_ENV_VARS`,
+    ``*_TOKEN``, ``*_API_KEY``...), and the value patterns of :data:`SECRET_VALUE_PATTERNS`.
     Numbers are never secrets: ``pad_token_id=0`` stays."""
     secrets = credential_values()
     clean = {}
@@ -222,6 +314,34 @@ def redact(params: dict) -> dict:
         else:
             clean[key] = value
     return clean
+
+
+def redact_identity(value):
+    """A run identity (or any JSON-able value) with :func:`redact_text` applied to every
+    string in it: what checkpoints (``tracker_runs``) and ``sync-state.json`` keep. A tracker
+    that needs its store's URI to reconnect uses the currently configured one, never the
+    saved (redacted) copy."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {key: redact_identity(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_identity(item) for item in value]
+    return value
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts each record's message (:func:`redact_text`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is logging's to report
+            return True
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
 
 
 def _short(value, limit: int = 60) -> str:

@@ -170,3 +170,111 @@ def test_disabling_autoload_keeps_third_party_code_from_loading(third_party):
     autoloaded = cli(env, "plugins", "--json")
     assert autoloaded.returncode == 0, describe_child(autoloaded)
     assert imported.exists()  # (and without the variable it is)
+
+
+PASSWORD = "PASSWORD-9b7e4a"  # issue 15, row 3: a password in a tracking URI
+CREDENTIALED_URI = f"http://alice:{PASSWORD}@127.0.0.1:5000"
+
+
+class Credentialed(Recorder):
+    """A tracker whose run identity and "where" hold a tracking URI with a password, as
+    MLflow's did (issue 15, row 3)."""
+
+    name = "credentialed"
+
+    def start(self, run):
+        super().start(run)
+        return {"run_id": "r-1", "tracking_uri": CREDENTIALED_URI}
+
+    def where(self):
+        return f"{CREDENTIALED_URI}/#/experiments/0/runs/r-1"
+
+
+def test_a_credentialed_uri_is_redacted_in_checkpoints_sync_state_journal_and_output(
+    tmp_path, capsys
+):
+    from trackmux.sync import STATE_FILE, sync_run
+
+    trainer = make_trainer(tmp_path / "out", [Credentialed()], save_strategy="steps", save_steps=3)
+    trainer.hyperparameters = {"tracking_uri": CREDENTIALED_URI}
+    trainer.train()
+    state = json.loads((tmp_path / "out" / "checkpoint-6" / "trainer_state.json").read_text())
+    saved = state["tracker_runs"]["credentialed"]
+    assert saved == {"run_id": "r-1", "tracking_uri": "http://alice:***@127.0.0.1:5000"}
+    assert trainer.state.tracker_runs["credentialed"] == saved
+    for path in (tmp_path / "out").rglob("*.json*"):
+        assert PASSWORD not in path.read_text(errors="replace"), path
+
+    run_dir = find_runs(tmp_path / "out")[-1]
+    results = sync_run(run_dir, trackers=[Credentialed()], output_dir=str(tmp_path / "sync"))
+    with open(os.path.join(str(run_dir), STATE_FILE), encoding="utf-8") as handle:
+        text = handle.read()
+    assert PASSWORD not in text and "alice:***@" in text
+    assert all(PASSWORD not in result.line() for result in results)
+    assert "alice:***@" in results[0].line(), results[0].line()
+    captured = capsys.readouterr()
+    assert PASSWORD not in captured.out + captured.err
+
+
+def test_trackmux_log_lines_never_print_a_credential():
+    import logging
+
+    from trackmux.values import RedactingFilter
+
+    record = logging.LogRecord(
+        "trackmux.run", logging.WARNING, __file__, 1, "run on %s failed", (CREDENTIALED_URI,), None
+    )
+    assert RedactingFilter().filter(record)
+    assert record.getMessage() == "run on http://alice:***@127.0.0.1:5000 failed"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("api_keys/openai", "sk-proj-abc"), ("tokens/github", "x"), ("private_key", "x"),
+        ("access_key", "x"), ("secret_key", "x"), ("passphrase", "x"), ("pwd", "x"),
+        ("key", "x"), ("credentials", "x"), ("authorization", "x"), ("cookie", "x"),
+        ("wandb/key", "x"), ("clientSecret", "x"), ("webhook_url", "x"),
+    ],
+)  # fmt: skip
+def test_every_secret_key_form_is_redacted(name, value):
+    from trackmux.values import redact
+
+    assert redact({name: value}) == {name: "***"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Bearer abc.def-123", "Bearer ***"),
+        ("host=db user=bob password=pw-123 dbname=x", "host=db user=bob password=*** dbname=x"),
+        ("host=db password='a b' port=1", "host=db password=*** port=1"),
+        ("https://b.s3.amazonaws.com/k?X-Amz-Credential=AK%2F1&X-Amz-Signature=abc&X-Amz-Expires=9",
+         "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=9"),
+        ("https://a.blob.core.windows.net/c?sv=1&sig=abc%2B&se=2", "https://a.blob.core.windows.net/c?sv=1&sig=***&se=2"),
+        ("https://hooks.slack.com/services/T0/B0/abcdef", "https://hooks.slack.com/services/***"),
+        ("https://discord.com/api/webhooks/1/abc", "https://discord.com/api/webhooks/***"),
+        ("http://alice:pw@host:5000/x", "http://alice:***@host:5000/x"),
+        ("https://ghp_abc@github.com/o/r", "https://***@github.com/o/r"),
+        ("a ghp_abcdefghijklmnopqrstuvwxyz b", "a *** b"),
+        ("github_pat_11ABCDEFGHIJKLMNOPQRST_xyz", "***"),
+        ("xoxb-1234-abcdefghij", "***"), ("xoxp-1234-abcdefghij", "***"),
+        ("sk-abcdefghijklmnop1234", "***"), ("hf_abcdefghijklmnopqrst", "***"),
+        ("AKIAABCDEFGHIJKLMNOP", "***"), ("glpat-abcdefghijklmnopqrst", "***"),
+        # not secrets
+        ("sk-learn", "sk-learn"), ("Token counting is on", "Token counting is on"),
+        ("https://example.com/a?page=2", "https://example.com/a?page=2"),
+    ],
+)  # fmt: skip
+def test_every_secret_value_pattern_is_redacted(value, expected):
+    from trackmux.values import redact
+
+    assert redact({"innocent": value}) == {"innocent": expected}
+
+
+def test_names_that_are_not_secrets_are_kept():
+    from trackmux.values import redact
+
+    params = {"max_tokens": "512", "pad_token": "<pad>", "tokenizer": "bpe", "sort_key": "loss",
+              "special_tokens": '["<a>"]', "token_type_ids": "[0]", "model_name": "tiny"}  # fmt: skip
+    assert redact(params) == params

@@ -16,6 +16,7 @@ from trackmux.testing import (
     TrackerConformance,
     describe_child,
     jsonl_log,
+    replace_tracker_identity,
     run_child,
     run_training,
 )
@@ -305,3 +306,28 @@ def test_all_skips_dvclive_where_it_would_run_dvc_init(tmp_path, monkeypatch):
     assert chosen(["dvclive"]) == ["dvclive"]
     (tmp_path / ".dvc").mkdir()
     assert chosen("all") == ["dvclive"]
+
+
+# -- a checkpoint is data, not instructions (issue 15, row 1) ---------------------------------
+
+
+@pytest.mark.parametrize("where", ["../../elsewhere", "ABSOLUTE"])
+def test_checkpoint_dir_outside_output_dir_is_refused(trackmux_env, caplog, where):
+    out = trackmux_env / "a" / "b" / "out"
+    elsewhere = trackmux_env / "a" / "elsewhere"
+    where = str(elsewhere) if where == "ABSOLUTE" else where
+    run_training(out, DVCLiveTracker())
+    stored = replace_tracker_identity(out / "checkpoint-4", "dvclive", {"dir": where})
+    assert stored == {"dir": "dvclive"}  # relative to output_dir
+
+    resumed = DVCLiveTracker()
+    with caplog.at_level(logging.WARNING, logger="trackmux"):
+        run_training(out, resumed, resume=str(out / "checkpoint-4"))
+    assert not elsewhere.exists()
+    assert resumed.directory == str(out / "dvclive")
+    assert [p.parent for p in trackmux_env.rglob("metrics.json")] == [out / "dvclive"]
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and "'dvclive'" in refused[0] and "dir" in refused[0]
+    _, metrics, summary = read_live(out / "dvclive")
+    assert summary["status"] == "success" and summary["step"] == 8
+    assert [s for s, _ in metrics["train/loss"]] == [6, 8]  # a new run, from the checkpoint

@@ -401,3 +401,92 @@ def test_discovery_does_not_import_mlflow():
     )
     result = run_child([sys.executable, "-c", code], timeout=120)
     assert result.stdout.strip() == "[]", describe_child(result)
+
+
+# -- a checkpoint is data, not instructions (issue 15, row 1) ---------------------------------
+
+
+@pytest.mark.parametrize("other", ["sqlite-store", "http-with-password"])
+def test_checkpoint_naming_another_store_opens_a_new_run_in_the_configured_one(
+    trackmux_env, mlflow_server, empty_store, caplog, capfd, other
+):
+    from trackmux_mlflow.testing import free_port
+
+    out = trackmux_env / "out"
+    experiment = unique("foreign")
+    first = MlflowTracker(tracking_uri=mlflow_server, experiment_name=experiment)
+    run_training(out, first)
+    checkpoint = out / "checkpoint-4"
+    state_file = checkpoint / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["tracker_runs"]["mlflow"]["run_id"] == first.run_id
+
+    if other == "sqlite-store":
+        # another real store, holding a run the edited checkpoint names
+        foreign_db = trackmux_env / "foreign" / "mlflow.db"
+        foreign_db.parent.mkdir()
+        shutil.copyfile(empty_store, foreign_db)
+        foreign_uri = f"sqlite:///{foreign_db}"
+        foreign_run = MlflowClient(foreign_uri).create_run("0", run_name="foreign").info.run_id
+    else:
+        # credentials in the URI: never printed; nothing listens there
+        foreign_uri = f"http://alice:PASSWORD@127.0.0.1:{free_port()}"
+        foreign_run = first.run_id
+    state["tracker_runs"]["mlflow"] = {
+        "run_id": foreign_run,
+        "tracking_uri": foreign_uri,
+        "experiment_id": "0",
+    }
+    state_file.write_text(json.dumps(state))
+    capfd.readouterr()
+
+    resumed = MlflowTracker(tracking_uri=mlflow_server, experiment_name=experiment)
+    with caplog.at_level(logging.INFO):
+        run_training(out, resumed, resume=str(checkpoint))
+    printed = capfd.readouterr()
+
+    # a new run in the configured server; the first run untouched
+    assert resumed.tracking_uri == mlflow_server
+    assert resumed.run_id not in (first.run_id, foreign_run)
+    data = read_run(mlflow_server, resumed.run_id)
+    assert data.status == "success" and data.runs == 2
+    assert [step for step, _ in data.metrics["train/loss"]] == [6, 8]
+    before = read_run(mlflow_server, first.run_id)
+    assert before.status == "success"
+    assert [step for step, _ in before.metrics["train/loss"]] == [2, 4, 6, 8]
+    if other == "sqlite-store":
+        # nothing sent to the store the checkpoint named
+        client = MlflowClient(foreign_uri)
+        (only,) = client.search_runs(["0"])
+        assert only.info.run_id == foreign_run
+        assert only.data.metrics == {} and only.data.params == {}
+        assert only.info.status == "RUNNING"
+
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1
+    assert "'mlflow'" in refused[0] and "tracking_uri" in refused[0]
+    assert foreign_uri.replace("alice:PASSWORD@", "***@") in refused[0]
+    for text in (caplog.text, printed.out, printed.err):
+        assert "PASSWORD" not in text
+
+
+def test_checkpoint_resume_in_the_configured_server_continues_the_run(
+    trackmux_env, mlflow_server, caplog
+):
+    """The counterpart: the checkpoint names the configured server (userinfo aside)."""
+    out = trackmux_env / "out"
+    experiment = unique("same-store")
+    first = MlflowTracker(tracking_uri=mlflow_server, experiment_name=experiment)
+    run_training(out, first)
+    resumed = MlflowTracker(
+        tracking_uri=mlflow_server.replace("http://", "http://alice:PASSWORD@"),
+        experiment_name=experiment,
+    )
+    with caplog.at_level(logging.WARNING):
+        run_training(out, resumed, resume=str(out / "checkpoint-4"))
+    assert not [r for r in caplog.records if "refused" in r.getMessage()]
+    assert resumed.run_id == first.run_id
+    data = read_run(mlflow_server, first.run_id)
+    assert data.runs == 1 and data.status == "success"
+    # (MLflow cannot drop points: steps 6 and 8 come twice, the first run's and the resumed)
+    assert {step for step, _ in data.metrics["train/loss"]} == {2, 4, 6, 8}

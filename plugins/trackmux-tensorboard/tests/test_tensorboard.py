@@ -3,6 +3,7 @@ own EventAccumulator."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -16,9 +17,11 @@ from trackmux.testing import (
     discovery_report,
     hidden_backend_report,
     jsonl_log,
+    replace_tracker_identity,
     run_training,
 )
 from trackmux.testing.conformance import HYPERPARAMETERS, TRAINING_DEFAULTS
+from trackmux.tracker import run_dir_name
 from trackmux_tensorboard.tracker import LOGGING_DIR_ENV, TensorBoardTracker
 
 SESSION_START_TAG = "_hparams_/session_start_info"
@@ -189,8 +192,9 @@ def test_resume_reopens_the_directory_the_checkpoint_names(trackmux_env):
             TensorBoardTracker(logging_dir=str(first)),
             callbacks=[InterruptAt(6)],
         )
-    # the resumed run is configured elsewhere, yet continues the run the checkpoint names
-    resumed = TensorBoardTracker(logging_dir=str(trackmux_env / "second"))
+    # a logging_dir outside output_dir is continued only while it is still the configured
+    # one: a checkpoint is data, not instructions (issue 15)
+    resumed = TensorBoardTracker(logging_dir=str(first))
     run_training(trackmux_env / "out", resumed, resume=True)
 
     assert resumed.logging_dir == str(first)
@@ -265,3 +269,65 @@ def test_a_session_added_within_the_same_second_sorts_after_the_first(trackmux_e
     events = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+# -- checkpoints and run names are data, never instructions (issue 15, rows 1, 2 and 7) --------
+
+
+def _refusals(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+
+
+def test_checkpoint_naming_another_logging_dir_opens_a_new_run_there(trackmux_env, caplog):
+    """A logging_dir outside output_dir that is no longer the configured one is refused."""
+    first = trackmux_env / "first"
+    run_training(trackmux_env / "out", TensorBoardTracker(logging_dir=str(first)))
+    second = trackmux_env / "second"
+    resumed = TensorBoardTracker(logging_dir=str(second))
+    with caplog.at_level(logging.WARNING, logger="trackmux"):
+        run_training(trackmux_env / "out", resumed, resume=True)
+    assert resumed.logging_dir == str(second)
+    assert event_dirs(trackmux_env) == [str(first), str(second)]
+    assert texts(accumulate(first), "status") == ["success"]  # the first run, untouched
+    assert texts(accumulate(second), "status") == ["success"]
+    (refused,) = _refusals(caplog)
+    assert "'tensorboard'" in refused and "logging_dir" in refused
+
+
+@pytest.mark.parametrize("where", ["../../elsewhere", "ABSOLUTE", "runs/../../../elsewhere"])
+def test_checkpoint_logging_dir_outside_output_dir_is_refused(trackmux_env, caplog, where):
+    out = trackmux_env / "a" / "b" / "out"
+    elsewhere = trackmux_env / "a" / "elsewhere"
+    where = str(elsewhere) if where == "ABSOLUTE" else where
+    run_training(out, TensorBoardTracker())
+    stored = replace_tracker_identity(out / "checkpoint-4", "tensorboard", {"logging_dir": where})
+    # stored relative to output_dir, so a moved output_dir still resumes
+    assert stored == {"logging_dir": os.path.join("runs", "conformance", "tensorboard")}
+
+    resumed = TensorBoardTracker()
+    with caplog.at_level(logging.WARNING, logger="trackmux"):
+        run_training(out, resumed, resume=str(out / "checkpoint-4"))
+    assert not elsewhere.exists()
+    first = out / "runs" / "conformance" / "tensorboard"
+    # a new run, in a directory of its own inside output_dir
+    own = out / "runs" / "conformance-2" / "tensorboard"
+    assert event_dirs(trackmux_env) == sorted([str(first), str(own)])
+    assert resumed.logging_dir == str(own)
+    (refused,) = _refusals(caplog)
+    assert "'tensorboard'" in refused and "logging_dir" in refused and where in refused
+    events = accumulate(own)
+    assert texts(events, "status") == ["success"]
+    assert [step for step, _ in scalars(events)["train/loss"]] == [6, 8]
+    assert [step for step, _ in scalars(accumulate(first))["train/loss"]] == [2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", "/tmp/abs", "x" * 300, "nul\0here"])
+def test_run_name_never_leaves_output_dir(trackmux_env, name):
+    out = trackmux_env / "a" / "b" / "out"
+    train(out, run_name=name, max_steps=2, eval_strategy="no")
+    own = out / "runs" / run_dir_name(name) / "tensorboard"
+    assert event_dirs(trackmux_env) == [str(own)]
+    events = accumulate(own)
+    assert [step for step, _ in scalars(events)["train/loss"]] == [2]
+    assert texts(events, "status") == ["success"]
+    assert jsonl_log(out).status == "success"

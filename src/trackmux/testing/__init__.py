@@ -13,6 +13,7 @@ _LAZY = {
     "hidden_backend_report": "trackmux.testing.conformance",
     "discovery_report": "trackmux.testing.conformance",
     "jsonl_log": "trackmux.testing.conformance",
+    "replace_tracker_identity": "trackmux.testing.conformance",
     "RegressionDataset": "trackmux.testing.toy",
     "TinyRegressor": "trackmux.testing.toy",
     "runnable_blocks": "trackmux.testing.docs",

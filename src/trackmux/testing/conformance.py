@@ -47,8 +47,57 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "report_to": ["jsonl"],
     "tracker_strict": True,
     "run_name": "conformance",
+    # a generous deadline, not a budget: on a loaded 2-core machine a backend's first start
+    # (imports, MLflow creating its database) can take minutes, and a test must not abandon it
+    "tracker_close_timeout": 600,
 }
 HYPERPARAMETERS = {"dataset": "toy-regression", "note": "conformance"}
+
+#: what a secret looks like in :meth:`TrackerConformance.test_secrets_never_reach_the_backend`:
+#: every secret below contains it, no other value does
+SECRET_MARK = "s3cr3t"
+#: a config full of credentials: every key form and value pattern of trackmux.values
+SECRET_CONFIG: dict[str, Any] = {
+    "api_keys": {"openai": "s3cr3t-openai-0001"},
+    "tokens": {"service": "s3cr3t-tokens-0002"},
+    "private_key": "-----BEGIN PRIVATE KEY-----\nMIIs3cr3tPRIVATE0003\n-----END PRIVATE KEY-----",
+    "access_key": "s3cr3t-access-0004",
+    "secret_key": "s3cr3t-secret-0005",
+    "passphrase": "s3cr3t passphrase 0006",
+    "pwd": "s3cr3t-pwd-0007",
+    "key": "s3cr3t-key-0008",
+    "credentials": "s3cr3t-credentials-0009",
+    "authorization": "s3cr3t-authorization-0010",
+    "cookie": "session=s3cr3t-cookie-0011",
+    "clientSecret": "s3cr3t-camel-0012",
+    "auth": "Bearer s3cr3tBEARER0013",
+    "database": "host=db.example user=trainer password=s3cr3t-pg-0014 dbname=runs",
+    "presigned_url": (
+        "https://bucket.s3.amazonaws.com/model.pt?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=s3cr3tCRED0015%2F20250101&X-Amz-Signature=s3cr3tSIG0015"
+        "&X-Amz-Expires=3600"
+    ),
+    "sas_url": "https://acct.blob.core.windows.net/c/b?sv=2022-11-02&sig=s3cr3tSAS0016&se=2030",
+    "endpoint": "https://api.example/v1?token=s3cr3t-query-0017&page=2",
+    "notify": {
+        "slack": "https://hooks.slack.com/services/T0000/B0000/s3cr3tSLACK0018",
+        "discord": "https://discord.com/api/webhooks/1234/s3cr3tDISCORD0019",
+    },
+    "tracking_uri": "http://alice:s3cr3t-password-0020@127.0.0.1:5000",
+    "artifact_location": "s3://s3cr3tUSERINFO0021@bucket/artifacts",
+    "notes": (
+        "github ghp_s3cr3t0022abcdefghijklmnop, github_pat_s3cr3t0023_abcdefghijklmnop, "
+        "gitlab glpat-s3cr3t0024abcdefghij, slack xoxb-1234-s3cr3t0025, "
+        "openai sk-proj-s3cr3t0026abcdefghij, hf hf_s3cr3t0027abcdefghijklmn, "
+        "aws AKIAS3CR3T0028ABCDEF"
+    ),
+    # not secrets: these arrive unchanged
+    "learning_rate": 0.5,
+    "model_name": "tiny-regressor",
+    "max_tokens": 512,
+    "pad_token": "<pad>",
+    "tokenizer": "bpe",
+}
 
 
 @dataclass
@@ -102,6 +151,19 @@ def run_training(
     )
     trainer.train(resume_from_checkpoint=resume)
     return trainer
+
+
+def replace_tracker_identity(checkpoint, name: str, identity) -> dict | None:
+    """Edit ``checkpoint``'s trainer_state.json as someone else could: the run identity of
+    tracker ``name`` becomes ``identity``. Returns the identity it replaced (as stored)."""
+    import json
+
+    state_file = Path(checkpoint) / "trainer_state.json"
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    replaced = state["tracker_runs"].get(name)
+    state["tracker_runs"][name] = identity
+    state_file.write_text(json.dumps(state), encoding="utf-8")
+    return replaced
 
 
 def jsonl_log(output_dir):
@@ -236,6 +298,89 @@ class TrackerConformance:
             name = self.expected_name(tracker, key)
             assert str(data.params.get(name)) == str(value), f"{key}: got {data.params}"
 
+    def test_no_metric_overwrites_another(self, trackmux_env, caplog):
+        """Names the backend would merge (what this tracker's sanitize_name maps to one name)
+        and over-long names each arrive as their own series; one warning per merged pair."""
+        import logging
+
+        import trackmux
+
+        tracker = self.make_tracker(trackmux_env)
+        pairs = [
+            (kept, other)
+            for kept, other in COLLIDING_CANDIDATES
+            if tracker.sanitize_name(kept) == tracker.sanitize_name(other)
+        ]
+        names = list(dict.fromkeys([name for pair in pairs for name in pair] + LONG_NAMES))
+
+        def value(index: int, step: int) -> float:
+            return index * 10 + step / 4  # exact in float32 too
+
+        with (
+            caplog.at_level(logging.WARNING, logger="trackmux"),
+            trackmux.start_run(
+                ["jsonl"], trackers=[tracker], output_dir=trackmux_env / "out"
+            ) as run,
+        ):
+            for step in (1, 2, 3):
+                run.log({name: value(i, step) for i, name in enumerate(names)}, step=step)
+        data = self.read_back(tracker, trackmux_env)
+        tolerance = max(self.rel_tolerance, 1e-12)
+        stored_under = {}
+        for index, name in enumerate(names):
+            expected = [(step, value(index, step)) for step in (1, 2, 3)]
+            found = [
+                key
+                for key, series in data.metrics.items()
+                if [step for step, _ in series] == [1, 2, 3]
+                and [v for _, v in series] == pytest.approx([v for _, v in expected], rel=tolerance)
+            ]
+            assert len(found) == 1, (
+                f"series of {name[:40]!r} (logged as {expected}) found under {found}; "
+                f"backend has {sorted(key[:40] for key in data.metrics)}"
+            )
+            stored_under[name] = found[0]
+        assert len(set(stored_under.values())) == len(names), stored_under
+        mapped = run.metric_names(tracker.name)
+        for name, key in stored_under.items():
+            assert key == mapped.get(name, name), f"{name[:40]!r} stored as {key[:40]!r}"
+        for kept, other in pairs:
+            assert stored_under[kept] == tracker.sanitize_name(kept), f"{kept!r} keeps its name"
+            warned = [
+                record
+                for record in caplog.records
+                if repr(kept) in record.getMessage() and repr(other) in record.getMessage()
+            ]
+            assert len(warned) == 1, f"{len(warned)} warnings name {kept!r} and {other!r}"
+
+    def test_secrets_never_reach_the_backend(self, trackmux_env):
+        """No credential of a config full of them (every key form and value pattern trackmux
+        redacts) is stored by the backend, in its params or in any file it wrote; the other
+        params still arrive."""
+        import trackmux
+
+        tracker = self.make_tracker(trackmux_env)
+        with trackmux.start_run(
+            ["jsonl"], trackers=[tracker], config=SECRET_CONFIG, output_dir=trackmux_env / "out"
+        ) as run:
+            run.log({"train/loss": 1.0}, step=1)
+        data = self.read_back(tracker, trackmux_env)
+        for name, value in data.params.items():
+            text = f"{name}={value}"
+            assert SECRET_MARK not in text.lower(), f"a secret reached the backend: {text!r}"
+        for path in Path(trackmux_env).rglob("*"):
+            if path.is_file() and path.stat().st_size < 64 * 2**20:
+                content = path.read_bytes().lower()
+                assert SECRET_MARK.encode() not in content, f"a secret is stored in {path}"
+        for key in ("learning_rate", "model_name", "max_tokens", "pad_token", "tokenizer"):
+            name = self.expected_name(tracker, key)
+            assert name in data.params, f"param {key!r} missing; got {sorted(data.params)}"
+            got, value = data.params[name], SECRET_CONFIG[key]
+            if self.params_as_strings:
+                assert str(got) == str(value), key
+            else:
+                assert got == value, key
+
     def test_status_success(self, trackmux_env):
         trainer, tracker = self.train(trackmux_env)
         data = self.read_back(tracker, trackmux_env)
@@ -324,6 +469,22 @@ class TrackerConformance:
         with pytest.raises(ReportToError, match="cannot run"):
             resolve([self.tracker_class.name], registry)
         assert info.name in [name for name, _ in resolve("all", registry).skipped]
+
+
+#: name pairs some backend maps to one name (empty "/" parts, characters it drops or
+#: replaces, emoji); the suite uses those the tracker's own sanitize_name merges. The first
+#: of each pair is logged first and keeps the plain name.
+COLLIDING_CANDIDATES: tuple[tuple[str, str], ...] = (
+    ("acc/top1", "acc//top1"),
+    ("acc/top1", "acc/top1/"),
+    ("acc/top1", "/acc/top1"),
+    ("acc_top1", "acc@top1"),
+    ("acc_top1", "acc#top1"),
+    ("loss \U0001f525", "loss \U0001f680"),
+    ("grad norm", "grad\tnorm"),
+)
+#: over 255 bytes (a path component) and 250 characters (MLflow), and alike for 290
+LONG_NAMES = ["long/" + "m" * 295, "long/" + "m" * 290 + "other"]
 
 
 def _distribution(requirement: str) -> str:

@@ -217,6 +217,16 @@ class CometTracker(Tracker):
 
     # -- the run ------------------------------------------------------------------------
 
+    identity_paths = ("offline_directory",)
+
+    def configured_store(self, run: RunInfo) -> dict[str, Any]:
+        directory = self.setting(
+            "offline_directory",
+            env="COMET_OFFLINE_DIRECTORY",
+            default=os.path.join(run.output_dir, "comet"),
+        )
+        return {"offline_directory": os.path.abspath(os.path.expanduser(os.fspath(directory)))}
+
     def start(self, run: RunInfo) -> dict[str, Any] | None:
         mode = self.run_mode_setting()
         self.run_mode = mode

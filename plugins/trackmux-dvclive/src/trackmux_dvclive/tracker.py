@@ -55,6 +55,9 @@ class DVCLiveTracker(Tracker):
 
     # records gathered for half a second are written in one go
     batch_window = 0.5
+    # one file per metric, plots/metrics/<name>.tsv: each "/" part of a name is a path
+    # component, which a file system caps at 255 bytes (".tsv" and a margin kept free)
+    max_name_part_bytes = 240
 
     def __init__(self, **settings):
         super().__init__(**settings)
@@ -95,6 +98,11 @@ class DVCLiveTracker(Tracker):
         # a name is a path under plots/metrics: keep it there
         parts = [part for part in name.replace("\\", "/").split("/") if part not in {"", ".", ".."}]
         return "/".join(parts) or "_"
+
+    identity_paths = ("dir",)
+
+    def configured_store(self, run: RunInfo):
+        return {"dir": self.setting("dir", default=os.path.join(run.output_dir, DEFAULT_DIR))}
 
     def start(self, run: RunInfo):
         # dvclive imports DVC: only here, never at discovery

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from typing import Any
 from urllib.parse import urlparse
@@ -30,6 +31,10 @@ METRICS_PER_BATCH = 1000
 MAX_TAG_VALUE_LENGTH = 8000
 
 DEFAULT_DB = "mlflow.db"
+#: two trackers creating a default store at once (a run beside an abandoned one, two
+#: Trainers on threads) would run alembic migrations concurrently, which share module
+#: globals and fail with KeyError('config')
+_CREATING_STORE = threading.Lock()
 DEFAULT_ARTIFACTS = "mlartifacts"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 _STATUS = {SUCCESS: "FINISHED", FAILED: "FAILED", KILLED: "KILLED"}
@@ -138,10 +143,22 @@ class MlflowTracker(Tracker):
         # MLflow rejects names that a file path would normalise into another name
         # ("a//b", "/a", "a/", "./a", "../a"): drop empty segments, mask dot segments
         parts = ["_" * len(p) if p in (".", "..") else p for p in clean.split("/") if p]
-        clean = "/".join(parts)[:MAX_KEY_LENGTH].rstrip("/")
-        return clean or "_"
+        # the length limit (max_name_length) is trackmux's to apply: it shortens an
+        # over-long name with a hash suffix, so two long names stay two series
+        return "/".join(parts) or "_"
 
     # -- the run ------------------------------------------------------------------------
+
+    identity_store = ("tracking_uri",)
+
+    def configured_store(self, run: RunInfo) -> dict[str, Any]:
+        """The tracking URI start() uses when the identity names none: the explicit one,
+        the user's active run's, or the default store under output_dir."""
+        user_run = self._user_run or _user_active_run()
+        uri = self.setting("tracking_uri", env="MLFLOW_TRACKING_URI")
+        if not uri:
+            uri = user_run[1] if user_run else _default_uri(run.output_dir)
+        return {"tracking_uri": str(uri)}
 
     def start(self, run: RunInfo) -> dict[str, Any]:
         from mlflow.tracking import MlflowClient
@@ -232,12 +249,13 @@ class MlflowTracker(Tracker):
         mlflow's default, ``./mlruns`` in whatever the working directory is."""
         directory = os.path.abspath(output_dir)
         self._artifact_root = os.path.join(directory, DEFAULT_ARTIFACTS)
-        if not os.path.exists(os.path.join(directory, DEFAULT_DB)):
-            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        with _CREATING_STORE:  # alembic's migration context is process-global state
+            if not os.path.exists(os.path.join(directory, DEFAULT_DB)):
+                from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-            os.makedirs(directory, exist_ok=True)
-            # creating the schema here fixes the Default experiment's artifact location
-            SqlAlchemyStore(_default_uri(output_dir), self._artifact_root)
+                os.makedirs(directory, exist_ok=True)
+                # creating the schema here fixes the Default experiment's artifact location
+                SqlAlchemyStore(_default_uri(output_dir), self._artifact_root)
 
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException
@@ -275,7 +293,7 @@ class MlflowTracker(Tracker):
         if not isinstance(tags, dict):
             raise ValueError(f"mlflow: tags must be a JSON object, got {type(tags).__name__}")
         return {
-            self.sanitize_name(key): str(value)[:MAX_TAG_VALUE_LENGTH]
+            self.sanitize_name(key)[:MAX_KEY_LENGTH].rstrip("/"): str(value)[:MAX_TAG_VALUE_LENGTH]
             for key, value in tags.items()
         }
 
@@ -371,4 +389,32 @@ class MlflowTracker(Tracker):
 
     def finish(self, status: str) -> None:
         if self.run_id is not None and self.owns_run:
+            _redact_run_url_line(self.client)
             self.client.set_terminated(self.run_id, status=_STATUS[status])
+
+
+def _redact_run_url_line(client) -> None:
+    """MLflow prints "View run NAME at: URL" (and "View experiment at: URL") when a run on a
+    tracking server ends, the URL built from the tracking URI with its userinfo, a password
+    included. This client prints those lines redacted instead (trackmux.values.redact_text)."""
+    import contextlib
+    import io
+
+    from trackmux.values import redact_text
+
+    tracking = getattr(client, "_tracking_client", None)
+    original = getattr(tracking, "_log_url", None)
+    if original is None or getattr(original, "trackmux_redacted", False):
+        return
+
+    def log_url(run_id):
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                original(run_id)
+        finally:
+            if printed.getvalue():
+                sys.stdout.write(redact_text(printed.getvalue()))
+
+    log_url.trackmux_redacted = True
+    tracking._log_url = log_url

@@ -22,7 +22,7 @@ import os
 import shlex
 import time
 
-from trackmux.tracker import RunInfo, Tracker
+from trackmux.tracker import RunInfo, Tracker, run_dir_name
 
 LOGGING_DIR_ENV = "TENSORBOARD_LOGGING_DIR"
 CONFIG_TAG = "config"
@@ -42,16 +42,30 @@ class TensorBoardTracker(Tracker):
         self._writer = None
         self._step = 0
 
+    identity_paths = ("logging_dir",)
+
+    def configured_store(self, run: RunInfo):
+        return {"logging_dir": self._configured_dir(run)}
+
+    def _configured_dir(self, run: RunInfo) -> str:
+        return self.setting(
+            "logging_dir",
+            env=LOGGING_DIR_ENV,
+            default=os.path.join(run.output_dir, "runs", run_dir_name(run.name), "tensorboard"),
+        )
+
     def start(self, run: RunInfo):
         # torch.utils.tensorboard imports tensorboard: only here, never at discovery
         from torch.utils.tensorboard import SummaryWriter
 
         resume = run.resume or {}
-        directory = resume.get("logging_dir") or self.setting(
-            "logging_dir",
-            env=LOGGING_DIR_ENV,
-            default=os.path.join(run.output_dir, "runs", run.name, "tensorboard"),
-        )
+        directory = resume.get("logging_dir")
+        if not directory:
+            directory = self.setting("logging_dir", env=LOGGING_DIR_ENV)
+        if not directory:
+            # a new run never writes into another run's default directory (a refused
+            # checkpoint identity, a second training in the same output_dir): runs/NAME-2...
+            directory = _unused_run_dir(run.output_dir, run_dir_name(run.name))
         self.logging_dir = os.path.abspath(os.path.expanduser(os.fspath(directory)))
         # a resumed training drops the points the interrupted run logged after its checkpoint
         purge_step = run.step + 1 if run.resume and run.kind == "train" else None
@@ -104,6 +118,20 @@ class TensorBoardTracker(Tracker):
 
         _, session_start, _ = hparams(config, {})
         self._writer.file_writer.add_summary(session_start, global_step=self._step)
+
+
+def _unused_run_dir(output_dir: str, name: str) -> str:
+    candidate, number = name, 1
+    while _has_events(os.path.join(output_dir, "runs", candidate, "tensorboard")):
+        number += 1
+        candidate = f"{name}-{number}"
+    return os.path.join(output_dir, "runs", candidate, "tensorboard")
+
+
+def _has_events(directory: str) -> bool:
+    return os.path.isdir(directory) and any(
+        name.startswith("events.out.tfevents.") for name in os.listdir(directory)
+    )
 
 
 def _markdown_table(config: dict) -> str:
