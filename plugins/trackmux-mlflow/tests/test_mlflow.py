@@ -490,3 +490,28 @@ def test_checkpoint_resume_in_the_configured_server_continues_the_run(
     assert data.runs == 1 and data.status == "success"
     # (MLflow cannot drop points: steps 6 and 8 come twice, the first run's and the resumed)
     assert {step for step, _ in data.metrics["train/loss"]} == {2, 4, 6, 8}
+
+
+def test_a_password_in_the_tracking_uri_is_never_written_or_printed(
+    trackmux_env, mlflow_server, capfd, caplog
+):
+    """Issue 15, row 3, against a real server: the URI's password reaches neither a file under
+    output_dir (checkpoints, the journal), nor trackmux's log, nor MLflow's own "View run"
+    line, which trackmux prints redacted; the run itself is stored as usual."""
+    uri = mlflow_server.replace("http://", "http://alice:PASSWORD@")
+    out = trackmux_env / "out"
+    tracker = MlflowTracker(tracking_uri=uri, experiment_name=unique("userinfo"))
+    with caplog.at_level(logging.INFO):
+        run_training(out, tracker)
+    printed = capfd.readouterr()
+    shown = printed.out + printed.err + caplog.text
+    assert "View run" in shown  # MLflow's line is there, redacted
+    assert "PASSWORD" not in shown
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert b"PASSWORD" not in path.read_bytes(), path
+    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["tracker_runs"]["mlflow"]["run_id"] == tracker.run_id
+    data = read_run(mlflow_server, tracker.run_id)
+    assert data.status == "success"
+    assert [step for step, _ in data.metrics["train/loss"]] == [2, 4, 6, 8]
