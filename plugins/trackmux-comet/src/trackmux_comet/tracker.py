@@ -164,6 +164,9 @@ class CometTracker(Tracker):
     name = "comet_ml"
     requires = ("comet_ml>=3.43.2",)
     artifacts_env = "COMET_LOG_ASSETS"
+    # comet_ml cuts a longer metric name to 100 characters ("... [truncated]"), which would
+    # merge two long names into one series: trackmux shortens them first, each with its hash
+    max_name_length = 100
 
     def __init__(self, **settings):
         super().__init__(**settings)
