@@ -386,9 +386,7 @@ class TrackerWorker:
                 "it could not start"
                 if method in ("prepare", "start")
                 else f"{self.failures} failures in a row",
-                "strict mode: training stops with TrackerError"
-                if self.strict
-                else "the other trackers and training go on",
+                _STRICT_STOPS if self.strict else "the other trackers and training go on",
             )
 
 
