@@ -19,6 +19,7 @@ on the tracker's worker thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -41,6 +42,7 @@ REMOTE_ENV = ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL")
 ALERTS = {FAILED: ("ERROR", "training failed"), KILLED: ("WARN", "training interrupted")}
 
 
+@functools.cache
 def _local_run_class():
     from trackio.run import Run
 
