@@ -236,3 +236,28 @@ def test_reports_itself_unavailable_without_a_usable_swanlab(version):
     assert report["reason"].startswith(expected)
     assert report["fix"] == 'pip install "swanlab>=0.10,<0.11"'
     assert report["imported"] is False
+
+
+def test_no_network_offline(trackmux_env, monkeypatch):
+    """No DNS lookup and no internet socket from SwanLab in its offline mode."""
+    import socket
+
+    attempts = []
+    real_connect = socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):
+        attempts.append(("getaddrinfo", host))
+        raise OSError("no network in this test")
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            attempts.append(("connect", address))
+            raise OSError("no network in this test")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    tracker = SwanLabTracker()
+    run_training(trackmux_env / "out", tracker, max_steps=4)
+    assert attempts == []
+    assert read_run(tracker.log_dir, tracker.run_id).status == "success"
