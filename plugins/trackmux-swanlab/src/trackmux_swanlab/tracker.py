@@ -8,7 +8,7 @@ key (``api_key`` / ``$SWANLAB_API_KEY``), since SwanLab would otherwise ask for 
 
 What, when:
 
-- start: the flattened config as the run's config;
+- start: the flattened config as the run's config (params added later join it);
 - every log: each metric at the trainer's global step;
 - end of training: the summary values (``train/train_runtime``...) at the final step;
 - finish: the run's state: success, crashed (a failure) or aborted (an interrupt).
@@ -178,6 +178,10 @@ class SwanLabTracker(Tracker):
 
     def log_metrics(self, metrics, step, epoch=None):
         self._run.log(dict(metrics), step=step)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        # swanlab's run config is live: an update is written to files/config.yaml at once
+        self._run.config.update(params)
 
     def finish(self, status: str) -> None:
         if self._run is None:
