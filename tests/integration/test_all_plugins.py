@@ -190,3 +190,23 @@ def test_every_hosted_backend_received_every_metric_offline(trackmux_env):
             assert [s for s, _ in got] == [s for s, _ in history], f"{backend}: steps of {name}"
             for (_, value), (_, want) in zip(got, history):
                 assert value == pytest.approx(want, rel=1e-6), f"{backend}: {name}"
+
+
+def test_trackio_and_swanlab_beside_the_others_read_back_exactly(trackmux_env):
+    """Issue 17's check: Trackio and SwanLab, whose backends keep process-wide state, in one
+    training with other trackers, each read back with its own reader and compared exactly
+    with the jsonl log of the same run."""
+    names = ["jsonl", "trackio", "swanlab", "tensorboard", "mlflow", "wandb"]
+    trainer = run_training(trackmux_env / "out", report_to=names)
+    trackers = {tracker.name: tracker for tracker in trainer.trackers.trackers}
+    assert sorted(trackers) == sorted(names)
+    log = read_run(find_runs(trackmux_env / "out")[-1])
+    expected = {name: [tuple(point) for point in history] for name, history in log.metrics.items()}
+    expected.update({name: [(8, value)] for name, value in log.summary.items()})
+    trackio = _plugin_tests("trackio", "test_trackio.py").read_store(trackers["trackio"].directory)
+    swanlab = _plugin_tests("swanlab", "test_swanlab.py").read_run(
+        trackers["swanlab"].log_dir, trackers["swanlab"].run_id
+    )
+    assert trackio[trackers["trackio"].run_id]["metrics"] == expected
+    assert swanlab.metrics == expected
+    assert swanlab.status == "success"
