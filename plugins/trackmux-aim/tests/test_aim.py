@@ -221,17 +221,22 @@ def test_evaluate_after_train_writes_into_the_same_run(seeded_output_dir):
     assert locks(out) == []
 
 
-@pytest.mark.parametrize("where", ["../../elsewhere", "ABSOLUTE"])
-def test_checkpoint_naming_a_repo_outside_output_dir_is_refused(
-    trackmux_env, seed_aim_repo, caplog, where
+@pytest.mark.parametrize(
+    "key, where",
+    [("repo", "../../elsewhere"), ("repo", "ABSOLUTE"), ("remote", "aim://127.0.0.1:9")],
+)
+def test_checkpoint_naming_another_store_is_refused(
+    trackmux_env, seed_aim_repo, caplog, key, where
 ):
+    """A repository outside output_dir, or an Aim server, that is not the configured one:
+    a checkpoint is data, not instructions."""
     out = seed_aim_repo(trackmux_env / "a" / "b" / "out")
     elsewhere = trackmux_env / "a" / "elsewhere"
     where = str(elsewhere) if where == "ABSOLUTE" else where
     first = AimTracker(system_tracking_interval=0)
     run_training(out, first)
     stored = replace_tracker_identity(
-        out / "checkpoint-4", "aim", {"run_hash": first.run_hash, "repo": where}
+        out / "checkpoint-4", "aim", {"run_hash": first.run_hash, key: where}
     )
     assert stored == {"run_hash": first.run_hash, "repo": "."}
 

@@ -91,7 +91,8 @@ class AimTracker(Tracker):
 
     def configured_store(self, run: RunInfo) -> dict[str, Any]:
         repo = self._configured_repo(run)
-        return {"remote": repo} if _is_remote(repo) else {"repo": repo}
+        # "remote" always compared: a checkpoint never sends a local run to a server
+        return {"remote": repo} if _is_remote(repo) else {"repo": repo, "remote": ""}
 
     def _system_tracking_interval(self):
         from aim.ext.resource.configs import DEFAULT_SYSTEM_TRACKING_INT
