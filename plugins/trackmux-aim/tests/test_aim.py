@@ -88,7 +88,34 @@ class TestAimConformance(TrackerConformance):
         )
 
 
-def test_found_through_its_entry_point_and_selected_by_report_to(trackmux_env, seed_aim_repo):
+@pytest.fixture
+def connections(monkeypatch):
+    """Every network connection this process attempts (Unix sockets left out)."""
+    import socket
+
+    attempts = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def note(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            attempts.append(address)
+
+    def connect(sock, address):
+        note(sock, address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock, address):
+        note(sock, address)
+        return real_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    return attempts
+
+
+def test_found_through_its_entry_point_and_selected_by_report_to(
+    trackmux_env, seed_aim_repo, connections
+):
     from trackmux.plugins import get_registry
 
     info = get_registry(refresh=True).get("aim")
@@ -113,6 +140,8 @@ def test_found_through_its_entry_point_and_selected_by_report_to(trackmux_env, s
     assert aim_run.get("hparams") == log.config
     # Aim's system metrics are on by default, as in Aim's own integrations
     assert any(m.name.startswith(SYSTEM_PREFIX) for m in aim_run.metrics())
+    # Aim 3.29 has no telemetry to turn off: a run, its system metrics included, stays local
+    assert connections == []
 
 
 def test_epoch_is_stored_beside_each_point(seeded_output_dir):
