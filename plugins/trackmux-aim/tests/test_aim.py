@@ -130,7 +130,7 @@ def test_found_through_its_entry_point_and_selected_by_report_to(
     assert dict(trainer.trackers.where())["aim"] == f"run {run_hash}: aim up --repo {out}"
     # the identity a checkpoint keeps: the run hash and the repository, relative to output_dir
     assert trainer.state.tracker_runs["aim"] == {"run_hash": run_hash, "repo": "."}
-    # the lock is released at close: the run reopens for writing in this same process
+    # closing released the run's lock, and indexing the index's: none is left behind
     assert locks(out) == []
     aim_run = read_run(out, run_hash)
     assert (aim_run.name, aim_run.experiment, aim_run.active) == ("conformance", "default", False)
