@@ -31,6 +31,7 @@ BACKENDS = (
     "flytekit",
     "swanlab",
     "trackio",
+    "aim",
 )
 
 
