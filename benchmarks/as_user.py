@@ -385,6 +385,7 @@ def measure(
     load_start = os.getloadavg()
     began = time.perf_counter()
     runs: dict[str, list[dict]] = {}
+    failures: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="trackmux-user-") as workdir, subreaper() as reaping:
         rounds = [(plains + short, steps, repeats)]
         long = [c for c in configs if c.key in {lc.key for lc in LONG}]
@@ -395,8 +396,17 @@ def measure(
                 shift = repeat % len(todo)
                 for config in todo[shift:] + todo[:shift]:
                     say(f"  {config.key}: {length} steps, repetition {repeat + 1}/{count}")
-                    result = run_one(config, length, window, threads, workdir, sample_every)
+                    try:
+                        result = run_one(config, length, window, threads, workdir, sample_every)
+                    except RuntimeError as error:
+                        # one broken run must not cost the hour the others took
+                        say(f"  FAILED: {error}")
+                        failures.setdefault(config.key, []).append(str(error))
+                        continue
                     runs.setdefault(config.key, []).append(result)
+    for key, errors in failures.items():
+        if key not in runs:
+            skipped[key] = f"failed: {errors[0].splitlines()[0]}"
     return {
         "settings": {
             "steps": steps,
@@ -414,6 +424,7 @@ def measure(
         "configs": [asdict(c) for c in plains + configs],
         "trackers": trackers,
         "skipped": skipped,
+        "failures": failures,
         "runs": runs,
         "rows": summarise(plains + list(chosen), runs, skipped),
     }
@@ -452,8 +463,10 @@ def summarise(configs: list[Config], runs: dict[str, list[dict]], skipped: dict)
             "after_train_s": max(r["after_train_s"] for r in results),
             "left_running": sorted({p for r in results for p in r["left_running"]}),
         }
-        if base_key is not None:
-            base = runs[base_key]
+        base = runs.get(base_key) if base_key is not None else None
+        if base_key is not None and not base:
+            row["whole_ratio"] = row["steady_ratio"] = float("nan")  # its baseline failed
+        elif base_key is not None:
             row["whole_ratio"] = whole / statistics.median(r["train_s"] for r in base)
             row["steady_ratio"] = steady / statistics.median(steady_s(r) for r in base)
             # repetition by repetition against the baseline run of the same round
