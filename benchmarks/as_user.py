@@ -62,7 +62,8 @@ PR_SET_CHILD_SUBREAPER = 36
 @dataclass(frozen=True)
 class Config:
     """One thing to time: ``report_to`` None is the plain loop; ``limit`` is the target ratio
-    (to the plain loop with the same logging interval, or to ``baseline``)."""
+    (to the plain loop with the same logging interval, or to ``baseline``; a long-case
+    configuration without one is itself the reference)."""
 
     key: str
     label: str
@@ -87,23 +88,19 @@ LONG = (
     Config("long-three", "jsonl + tensorboard + mlflow", THREE, 1, 1.2, baseline="long-none"),
 )
 
+LONG_KEYS = frozenset(c.key for c in LONG)
+
 
 def plain_config(logging_steps: int) -> Config:
     return Config(f"plain-{logging_steps}", "plain PyTorch loop", None, logging_steps)
 
 
-def available(config: Config, registry) -> tuple[list[str] | None, str | None]:
-    """The trackers ``config`` resolves to here, or None and why it cannot run."""
-    from trackmux.report_to import resolve
-
-    if config.plain or config.report_to == "none":
-        return [], None
-    if config.report_to == "all":
-        return [info.name for info in resolve("all", registry).chosen], None
+def unavailable(config: Config, registry) -> str | None:
+    """Why ``config`` cannot run here (a tracker it names is not installed), or None."""
+    if config.plain or isinstance(config.report_to, str):  # "none", "all": always run
+        return None
     absent = [n for n in config.report_to if not (registry.get(n) and registry.get(n).available)]
-    if absent:
-        return None, f"not installed: {', '.join(absent)}"
-    return list(config.report_to), None
+    return f"not installed: {', '.join(absent)}" if absent else None
 
 
 # --------------------------------------------------------------------------- the child
@@ -152,10 +149,11 @@ def child(spec: dict) -> dict:
         "train_began": ended - result.info["train_s"],
         "train_ended": ended,
         "laps_s": [b - a for a, b in zip(laps, laps[1:])],
-        "first_lap_s": laps[0] - (ended - result.info["train_s"]) if laps else None,
+        "first_lap_s": laps[0] - result.info["began"] if laps else None,
         "window": lap,
         "logged": result.info["logged"],
         "torch_threads": torch.get_num_threads(),
+        "trackers": result.info.get("trackers", []),
     }
 
 
@@ -370,17 +368,16 @@ def measure(
                 f"{', '.join(c.key for c in CONFIGS + LONG)}"
             )
         only = only | {c.baseline for c in chosen if c.key in only and c.baseline}
-    configs, skipped, trackers = [], {}, {}
+    configs, skipped = [], {}
     for config in chosen:
-        names, why = available(config, registry)
+        why = unavailable(config, registry)
         if only is not None and config.key not in only:
             skipped[config.key] = "not run (--configs)"
         elif why:
             skipped[config.key] = why
         else:
-            trackers[config.key] = names
             configs.append(config)
-    short = [c for c in configs if c.key not in {lc.key for lc in LONG}]
+    short = [c for c in configs if c.key not in LONG_KEYS]
     plains = [plain_config(n) for n in sorted({c.logging_steps for c in short}, reverse=True)]
     load_start = os.getloadavg()
     began = time.perf_counter()
@@ -388,7 +385,7 @@ def measure(
     failures: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="trackmux-user-") as workdir, subreaper() as reaping:
         rounds = [(plains + short, steps, repeats)]
-        long = [c for c in configs if c.key in {lc.key for lc in LONG}]
+        long = [c for c in configs if c.key in LONG_KEYS]
         if long:
             rounds.append((long, long_steps, long_repeats))
         for todo, length, count in rounds:
@@ -422,7 +419,8 @@ def measure(
         "load_average_end": list(os.getloadavg()),
         "elapsed_s": time.perf_counter() - began,
         "configs": [asdict(c) for c in plains + configs],
-        "trackers": trackers,
+        # what each configuration's runs resolved report_to to
+        "trackers": {key: results[0].get("trackers", []) for key, results in runs.items()},
         "skipped": skipped,
         "failures": failures,
         "runs": runs,
@@ -448,7 +446,9 @@ def summarise(configs: list[Config], runs: dict[str, list[dict]], skipped: dict)
             )  # fmt: skip
             continue
         results = runs[config.key]
-        base_key = config.baseline or (None if config.plain else f"plain-{config.logging_steps}")
+        base_key = config.baseline
+        if base_key is None and not config.plain and config.key not in LONG_KEYS:
+            base_key = f"plain-{config.logging_steps}"
         whole = statistics.median(r["train_s"] for r in results)
         steady = statistics.median(steady_s(r) for r in results)
         row = {
@@ -477,7 +477,7 @@ def summarise(configs: list[Config], runs: dict[str, list[dict]], skipped: dict)
         if config.limit is not None:
             row["whole_met"] = row["whole_ratio"] <= config.limit
             row["steady_met"] = row["steady_ratio"] <= config.limit
-        if config.key in {lc.key for lc in LONG}:
+        if config.key in LONG_KEYS:
             row["rss"] = rss_report(results[-1])
         rows.append(row)
     return rows
@@ -512,6 +512,8 @@ def rss_report(result: dict) -> dict:
 
 def _ratio(row: dict, which: str) -> str:
     ratio = row[f"{which}_ratio"]
+    if row["baseline"] is None and row["key"] in LONG_KEYS:
+        return "reference"
     if row.get("limit") is None:
         return f"{ratio:.2f}x"
     return f"{ratio:.2f}x {'met' if row[f'{which}_met'] else '**MISS**'}"
@@ -583,10 +585,34 @@ def format_markdown(result: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def table_again(results: dict) -> str:
+    """The table of a finished run (``results.json``), its rows computed by this version."""
+    user = results["user"]
+    configs = [
+        Config(**{**c, "report_to": c["report_to"] if c["report_to"] in (None, "none", "all")
+                  else tuple(c["report_to"])})
+        for c in user["configs"]
+    ]  # fmt: skip
+    keys = {c.key for c in configs}
+    configs += [c for c in CONFIGS + LONG if c.key in user["skipped"] and c.key not in keys]
+    order = {c.key: n for n, c in enumerate(CONFIGS + LONG)}
+    configs.sort(key=lambda c: (not c.plain, order.get(c.key, 0)))
+    user["rows"] = summarise(configs, user["runs"], user["skipped"])
+    return format_markdown(user, user["command"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
-    options, _ = parser.parse_known_args(argv)
+    parser.add_argument(
+        "--table",
+        metavar="RESULTS_JSON",
+        help="print the table again from a run's results.json (its rows recomputed)",
+    )
+    options = parser.parse_args(argv)
+    if options.table:
+        print(table_again(json.loads(Path(options.table).read_text(encoding="utf-8"))))
+        return 0
     if options.child:
         spec, path = options.child
         figures = child(json.loads(spec))

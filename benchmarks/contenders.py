@@ -337,7 +337,12 @@ def plain_model(
             running.zero_()
         if step == total:
             break
-    info = {"logged": len(logged), "train_s": time.perf_counter() - began, "laps": stopwatch.laps}
+    info = {
+        "logged": len(logged),
+        "train_s": time.perf_counter() - began,
+        "began": began,
+        "laps": stopwatch.laps,
+    }
     return model, RunResult(stopwatch.per_step, stopwatch.cpu_per_step, info)
 
 
@@ -397,7 +402,15 @@ def trackmux_model(
         began = time.perf_counter()
         trainer.train()
         elapsed = time.perf_counter() - began
-    info = {"logged": len(trainer.state.log_history), "train_s": elapsed, "laps": stopwatch.laps}
+    info = {
+        "logged": len(trainer.state.log_history),
+        # what report_to resolved to where it ran ("all" depends on the folder: dvclive
+        # stays out of it inside a Git work tree)
+        "trackers": [t.name for t in getattr(trainer.trackers, "trackers", ())],
+        "train_s": elapsed,
+        "began": began,
+        "laps": stopwatch.laps,
+    }
     if tracker is not None:
         info["delivered"] = tracker.calls
     return trainer.model, RunResult(stopwatch.per_step, stopwatch.cpu_per_step, info)

@@ -459,7 +459,8 @@ def test_user_mode_reports_every_target(tmp_path, capsys, monkeypatch):
         + ["--out", str(out)]
     )
     assert code == 0
-    user = json.loads((out / "results.json").read_text())["user"]
+    results = json.loads((out / "results.json").read_text())
+    user = results["user"]
     rows = {row["key"]: row for row in user["rows"]}
     assert set(ALL_KEYS) <= set(rows)
     assert rows["four-10"]["skipped"] == rows["all-10"]["skipped"] == "not run (--configs)"
@@ -475,9 +476,14 @@ def test_user_mode_reports_every_target(tmp_path, capsys, monkeypatch):
     assert rows["plain-10"]["whole_ratio"] == 1.0
     assert rows["none"]["baseline"] == "plain-10"
     assert rows["long-none"]["rss"]["training"]["end"] > 0
+    # what the runs resolved report_to to, reported by the runs themselves
+    assert user["trackers"]["none"] == [] and user["trackers"]["plain-10"] == []
+    if "long-three" in user["runs"]:
+        assert user["trackers"]["long-three"] == ["jsonl", "tensorboard", "mlflow"]
     for run_ in user["runs"]["none"]:
         assert run_["logged"] == 20 // 10 + 1  # two logs and the training summary
         assert len(run_["laps_s"]) == 1 and run_["torch_threads"] >= 1
+        assert 0 < run_["first_lap_s"] < run_["train_s"]
     table = (out / "as-user.md").read_text()
     assert table in capsys.readouterr().out
     for row in rows.values():
@@ -485,6 +491,8 @@ def test_user_mode_reports_every_target(tmp_path, capsys, monkeypatch):
     assert '| RSS, report_to="none": training process |' in table
     assert "Load average (1, 5, 15 min):" in table
     assert "Command: `python benchmarks/run.py --parts user" in table
+    # the same table again from the results file
+    assert as_user.table_again(results) == table.rstrip("\n")
 
 
 def _user_run(train_s: float, lap_s: float, rss: int = 100 * 2**20) -> dict:
@@ -542,6 +550,8 @@ def test_user_table_says_met_or_miss_for_every_target():
     assert any("MISS" in line and "1.20x" in line for line in lines)
     assert any("skipped: not installed: wandb" in line for line in lines)
     assert any("long, 100000 steps" in line and "<= 1.2x none" in line for line in lines)
+    assert by_key["long-none"]["baseline"] is None  # the reference of the long case
+    assert any('report_to="none" | 1 |  |' in line and "reference" in line for line in lines)
     assert "1.00, 2.00, 3.00 at the start, 4.00, 5.00, 6.00 at the end" in table
     assert table.endswith("Command: `python benchmarks/run.py --long`")
 
