@@ -420,7 +420,8 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """benchmarks/run.py with the core and every plugin installed (posargs pass through)."""
+    """benchmarks/run.py with the core and every plugin installed (posargs pass through):
+    by default the cost of tracking as a user meets it (issue 14), dispatch, memory, start-up."""
     setup(session, "all-plugins")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
@@ -437,9 +438,11 @@ def docs(session: nox.Session) -> None:
 def bench_peers(session: nox.Session) -> None:
     """benchmarks/run.py against the peers too: core, every plugin, Hugging Face transformers
     (with accelerate, which its Trainer needs) and Lightning, matplotlib for the charts
-    (posargs pass through)."""
+    (posargs pass through; without any, the old method's steady window, where the peers run,
+    and the other parts)."""
     setup(session, "bench-peers")
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    parts = ["--parts", "steps,dispatch,memory,startup"]
+    session.run("python", "benchmarks/run.py", *(session.posargs or parts))
 
 
 def _framework_session(session: nox.Session, environment: str, test_file: str) -> None:

@@ -130,11 +130,15 @@ def synchronize(device: torch.device) -> None:
 class Stopwatch:
     """Marks the end of step ``window.warmup`` and of step ``window.total``. The functions
     in ``on_start`` run just before the clock starts, those in ``on_stop`` just after it
-    stops (settling trackers, arming the slow tracker, switching a profiler on and off)."""
+    stops (settling trackers, arming the slow tracker, switching a profiler on and off).
+    With ``lap_every`` it also notes the time at the end of every ``lap_every``-th step
+    (``laps``), for the as-a-user-meets-it mode's steady windows."""
 
-    def __init__(self, window: Window, device: torch.device):
+    def __init__(self, window: Window, device: torch.device, lap_every: int = 0):
         self.window = window
         self.device = device
+        self.lap_every = lap_every
+        self.laps: list[float] = []
         self.on_start: list[Callable[[], None]] = []
         self.on_stop: list[Callable[[], None]] = []
         self.started: float | None = None
@@ -154,6 +158,8 @@ class Stopwatch:
             self.cpu_stopped = time.thread_time()
             for function in self.on_stop:
                 function()
+        if self.lap_every and step % self.lap_every == 0:
+            self.laps.append(time.perf_counter())
 
     @property
     def per_step(self) -> float:
@@ -289,10 +295,15 @@ def _loader(task: Task, window: Window) -> DataLoader:
     )
 
 
-def plain_model(task: Task, window: Window, profiler=None) -> tuple[nn.Module, RunResult]:
-    """The floor: the loop someone writes by hand, doing the same math as the Trainer."""
+def plain_model(
+    task: Task, window: Window, profiler=None, lap_every: int = 0
+) -> tuple[nn.Module, RunResult]:
+    """The floor: the loop someone writes by hand, doing the same math as the Trainer.
+    ``info["train_s"]`` is the whole loop's wall time, from building the loader and the
+    optimizer (as ``Trainer.train()`` does) to the last step."""
     device = default_device()
     model = task.model(window.seed).to(device)
+    began = time.perf_counter()
     loader = _loader(task, window)
     # one parameter group: with weight_decay=0 it is the same update as trackmux's two
     # (decay / no-decay) groups, and it is what a hand-written loop uses
@@ -301,7 +312,7 @@ def plain_model(task: Task, window: Window, profiler=None) -> tuple[nn.Module, R
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: max(0.0, 1.0 - step / total)
     )
-    stopwatch = _with_profiler(Stopwatch(window, device), profiler)
+    stopwatch = _with_profiler(Stopwatch(window, device, lap_every), profiler)
     running = torch.zeros((), device=device)
     logged = []
 
@@ -326,7 +337,13 @@ def plain_model(task: Task, window: Window, profiler=None) -> tuple[nn.Module, R
             running.zero_()
         if step == total:
             break
-    return model, RunResult(stopwatch.per_step, stopwatch.cpu_per_step, {"logged": len(logged)})
+    info = {
+        "logged": len(logged),
+        "train_s": time.perf_counter() - began,
+        "began": began,
+        "laps": stopwatch.laps,
+    }
+    return model, RunResult(stopwatch.per_step, stopwatch.cpu_per_step, info)
 
 
 def run_plain(task: Task, window: Window, profiler=None) -> RunResult:
@@ -341,12 +358,15 @@ def trackmux_model(
     slow: bool = False,
     profiler=None,
     settled: bool = True,
+    lap_every: int = 0,
 ):
+    """trackmux's Trainer on the task; ``info["train_s"]`` is the wall time of the whole
+    ``trainer.train()`` call (opening and closing the trackers included)."""
     from trackmux import Trainer, TrainingArguments
 
     device = default_device()
     tracker = slow_tracker() if slow else None
-    stopwatch = Stopwatch(window, device)
+    stopwatch = Stopwatch(window, device, lap_every)
     args = TrainingArguments(
         output_dir=workdir,
         report_to=list(report_to) if isinstance(report_to, list) else report_to,
@@ -379,8 +399,18 @@ def trackmux_model(
     # disable_tqdm=True prints every log dict (PrinterCallback): that work is timed, but it
     # goes to /dev/null so the terminal's speed is not
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        began = time.perf_counter()
         trainer.train()
-    info = {"logged": len(trainer.state.log_history)}
+        elapsed = time.perf_counter() - began
+    info = {
+        "logged": len(trainer.state.log_history),
+        # what report_to resolved to where it ran ("all" depends on the folder: dvclive
+        # stays out of it inside a Git work tree)
+        "trackers": [t.name for t in getattr(trainer.trackers, "trackers", ())],
+        "train_s": elapsed,
+        "began": began,
+        "laps": stopwatch.laps,
+    }
     if tracker is not None:
         info["delivered"] = tracker.calls
     return trainer.model, RunResult(stopwatch.per_step, stopwatch.cpu_per_step, info)

@@ -1,17 +1,21 @@
-"""trackmux's performance suite: time per training step against a plain PyTorch loop.
+"""trackmux's performance suite: the cost of tracking against a plain PyTorch loop.
 
-    python benchmarks/run.py [--quick] [--steps N] [--repeats R] [--out DIR]
-                             [--models tiny,medium] [--logging-steps 1,10]
+    python benchmarks/run.py [--quick] [--repeats R] [--out DIR] [--threads N]
+                             [--parts user,steps,dispatch,memory,startup]
+                             [--user-steps N] [--window W] [--long [--long-steps N]]
+                             [--steps N] [--models tiny,medium] [--logging-steps 1,10]
                              [--contenders plain,trackmux-none,...] [--profile]
-                             [--parts steps,dispatch,memory,startup] [--stall-seconds S]
-                             [--startup | --no-startup]
+                             [--stall-seconds S] [--startup | --no-startup]
 
-Every contender trains the same model on the same batches; the contenders are interleaved
-(round-robin, the order rotated each repeat) so machine noise hits them alike. The figure
-for a contender is the median of its per-repeat seconds per step; its ratio is that median
-over the plain loop's. The same invocation also measures hook dispatch (dispatch.py),
-memory with a stalled tracker (memory.py) and start-up (startup.py). See benchmarks/README.md
-for the method and how to read results.
+The ``user`` part (as_user.py, on by default) measures as a user meets it: each run a fresh
+process, trackers not settled, their start-up inside the timing, torch threads at their
+default; the whole ``train()`` and the steady window, against the plain loop, interleaved; one
+markdown table with every target of issue 14. The ``steps`` part is the old method (asked
+for with ``--parts steps``): one process, a window after the warm-up, trackers settled before
+it, torch on one thread; every contender trains the same model on the same batches, the
+contenders interleaved (round-robin, the order rotated each repeat). The same invocation also
+measures hook dispatch (dispatch.py), memory with a stalled tracker (memory.py) and start-up
+(startup.py). See benchmarks/README.md for the method and how to read results.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import sys
@@ -32,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # run as a file or imported by the tests
     sys.path.insert(0, str(HERE))
 
+import as_user  # noqa: E402
 import dispatch  # noqa: E402
 import memory  # noqa: E402
 import peers  # noqa: E402
@@ -62,6 +68,7 @@ QUIET_ENV = {
 }
 QUICK = {
     "repeats": 3,
+    "user_steps": 2000,
     "steps": {"tiny": 200, "medium": 20},
     "startup_runs": 3,
     "dispatch": {"events": 2000, "repeats": 3},
@@ -71,17 +78,20 @@ QUICK = {
 # spoils one round of each contender, which the median discards
 FULL = {
     "repeats": 9,
+    "user_steps": as_user.STEPS,
     "startup_runs": 10,
     "dispatch": {"events": 20000, "repeats": 9},
     "memory": {"stall_seconds": memory.STALL_SECONDS, "queue_sizes": memory.QUEUE_SIZES},
 }
-PARTS = ("steps", "dispatch", "memory", "startup")
+PARTS = ("user", "steps", "dispatch", "memory", "startup")
+# the old method (steps) only when asked for: the default measures as a user meets it
+DEFAULT_PARTS = ("user", "dispatch", "memory", "startup")
 PROFILE_THRESHOLD = 1.05
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Time per training step: trackmux contenders against a plain loop."
+        description="The cost of tracking: trackmux against a plain PyTorch loop."
     )
     parser.add_argument("--quick", action="store_true", help="CI smoke run (under a minute)")
     parser.add_argument("--steps", type=int, help="timed steps per repeat, for every model")
@@ -110,8 +120,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch.set_num_threads; 0 keeps torch's default (default: 1, see README)",
+        help="torch.set_num_threads; 0 keeps torch's default (default: torch's default for "
+        "the user part, 1 for the steps part, see README)",
+    )
+    parser.add_argument(
+        "--user-steps",
+        type=int,
+        help=f"user: training steps per run (default {as_user.STEPS}; --quick: 2000)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=as_user.WINDOW,
+        help=f"user: steps per steady window (default {as_user.WINDOW})",
+    )
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="user: also the long case (jsonl+tensorboard+mlflow against report_to='none', "
+        "logging every step, RSS of every process)",
+    )
+    parser.add_argument(
+        "--long-steps",
+        type=int,
+        default=as_user.LONG_STEPS,
+        help=f"user: steps of the long case (default {as_user.LONG_STEPS})",
+    )
+    parser.add_argument(
+        "--long-repeats", type=int, default=1, help="user: repetitions of the long case"
+    )
+    parser.add_argument(
+        "--configs",
+        help="user: only these configurations, comma-separated, of "
+        f"{','.join(c.key for c in as_user.CONFIGS + as_user.LONG)} (default: all)",
     )
     parser.add_argument(
         "--profile",
@@ -120,8 +161,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--parts",
-        default=",".join(PARTS),
-        help=f"what to measure, comma-separated (default: all of {','.join(PARTS)})",
+        default=",".join(DEFAULT_PARTS),
+        help=f"what to measure, comma-separated, of {','.join(PARTS)} (default: "
+        f"{','.join(DEFAULT_PARTS)}; steps is the old method: trackers settled, one thread)",
     )
     parser.add_argument(
         "--stall-seconds",
@@ -162,6 +204,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--steps and --warmup: at least 1 (the window starts at the end of a step)")
     preset = QUICK if options.quick else FULL
     options.repeats = options.repeats or preset["repeats"]
+    options.user_steps = options.user_steps or preset["user_steps"]
+    if options.window < 1 or options.user_steps < 2 * options.window:
+        parser.error(
+            f"--user-steps ({options.user_steps}) must be at least twice --window "
+            f"({options.window}): the steady figure is a window after the first"
+        )
+    if options.long_steps < 2 * options.window:
+        parser.error(f"--long-steps: at least twice --window ({options.window})")
     options.startup_runs = preset["startup_runs"]
     options.dispatch = preset["dispatch"]
     options.memory = dict(preset["memory"])
@@ -551,11 +601,15 @@ def main(argv=None) -> int:
     out = Path(options.out).resolve()
     began = time.perf_counter()
     results: dict = {"machine": machine_info(), "quick": options.quick}
-    if options.threads:
+    if "user" in options.parts:
+        results["user"] = run_user(options, out, argv)
+    # the old method pins torch to one thread unless told otherwise
+    threads = 1 if options.threads is None and "steps" in options.parts else options.threads
+    if threads:
         import torch
 
-        torch.set_num_threads(options.threads)
-        results["machine"]["torch_threads"] = options.threads
+        torch.set_num_threads(threads)
+        results["machine"]["torch_threads"] = threads
 
     if "steps" in options.parts:
         results.update(run_steps(options, out))
@@ -594,6 +648,40 @@ def main(argv=None) -> int:
         written.append(out / "dispatch.png")
     print(f"\nwrote {', '.join(map(str, written))}")
     return 0
+
+
+def reproduce(argv) -> str:
+    """The command line that reproduces this run, as its user would type it."""
+    args = shlex.join(sys.argv[1:] if argv is None else list(argv))
+    prefix = Path(sys.prefix)
+    if prefix.parent.name == ".nox":  # a nox session's environment
+        return f"nox -s {prefix.name} -- {args}".rstrip(" -")
+    return f"python benchmarks/run.py {args}".rstrip()
+
+
+def run_user(options, out: Path, argv) -> dict:
+    long = f", long case {options.long_steps} steps" if options.long else ""
+    _say(
+        f"as a user meets it: {options.user_steps} steps x {options.repeats} repetitions"
+        f"{long}, one fresh process per run"
+    )
+    result = as_user.measure(
+        steps=options.user_steps,
+        repeats=options.repeats,
+        window=options.window,
+        threads=options.threads or 0,
+        long_steps=options.long_steps if options.long else None,
+        long_repeats=options.long_repeats,
+        only=frozenset(options.configs.split(",")) if options.configs else None,
+        say=_say,
+    )
+    result["command"] = reproduce(argv)
+    table = as_user.format_markdown(result, result["command"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "as-user.md").write_text(table + "\n", encoding="utf-8")
+    print()
+    print(table)
+    return result
 
 
 def run_steps(options, out: Path) -> dict:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import os
+import sys
 import threading
 import time
 
+import as_user
 import dispatch
 import memory
 import peers
@@ -27,6 +31,7 @@ from contenders import (
 
 from trackmux import Tracker, Trainer, TrainerCallback, TrainingArguments
 from trackmux.plugins import PluginRegistry
+from trackmux.testing import run_child
 from trackmux.trackers.jsonl import JsonlTracker
 
 
@@ -393,7 +398,8 @@ def test_run_measures_dispatch_and_memory(tmp_path, capsys):
 
 def test_parts_option():
     assert run.parse_args(["--startup"]).parts == ["startup"]
-    assert run.parse_args(["--no-startup"]).parts == ["steps", "dispatch", "memory"]
+    assert run.parse_args(["--no-startup"]).parts == ["user", "dispatch", "memory"]
+    assert run.parse_args([]).threads is None  # torch's default, unless the old method runs
     assert run.parse_args(["--parts", "memory"]).memory["stall_seconds"] == 60
     quick = run.parse_args(["--quick", "--queue-sizes", "7,70"])
     assert quick.memory == {"stall_seconds": 3.0, "queue_sizes": (7, 70)}
@@ -436,3 +442,133 @@ def test_targets_read_the_tiny_model_logging_every_10_steps():
     assert "lightning" not in " ".join(checks)  # not run: no target line
     text = run.format_targets(list(checks.values()))
     assert "MISS" in text and "met" in text
+
+
+# --------------------------------------------------------------------------- as a user meets it
+
+ALL_KEYS = [c.key for c in as_user.CONFIGS + as_user.LONG]
+
+
+def test_user_mode_reports_every_target(tmp_path, capsys, monkeypatch):
+    # a few steps per run: the structure and the figures' sanity, never their size
+    monkeypatch.setattr(as_user, "SAMPLE_EVERY", 0.02)
+    out = tmp_path / "out"
+    code = run.main(
+        ["--parts", "user", "--user-steps", "20", "--window", "10", "--repeats", "1"]
+        + ["--long", "--long-steps", "20", "--configs", "none,long-three"]
+        + ["--out", str(out)]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    user = results["user"]
+    rows = {row["key"]: row for row in user["rows"]}
+    assert set(ALL_KEYS) <= set(rows)
+    assert rows["four-10"]["skipped"] == rows["all-10"]["skipped"] == "not run (--configs)"
+    measured = [row for row in rows.values() if "skipped" not in row]
+    assert {"plain-10", "none", "long-none"} <= {row["key"] for row in measured}
+    for row in measured:
+        assert row["whole_s"] > 0 and row["steady_us_per_step"] > 0, row
+        assert math.isfinite(row["whole_ratio"]) and row["whole_ratio"] > 0, row
+        assert math.isfinite(row["steady_ratio"]) and row["steady_ratio"] > 0, row
+        assert row["after_train_s"] >= 0 and row["left_running"] == [], row
+        if row["limit"] is not None:
+            assert row["whole_met"] == (row["whole_ratio"] <= row["limit"])
+    assert rows["plain-10"]["whole_ratio"] == 1.0
+    assert rows["none"]["baseline"] == "plain-10"
+    assert rows["long-none"]["rss"]["training"]["end"] > 0
+    # what the runs resolved report_to to, reported by the runs themselves
+    assert user["trackers"]["none"] == [] and user["trackers"]["plain-10"] == []
+    if "long-three" in user["runs"]:
+        assert user["trackers"]["long-three"] == ["jsonl", "tensorboard", "mlflow"]
+    for run_ in user["runs"]["none"]:
+        assert run_["logged"] == 20 // 10 + 1  # two logs and the training summary
+        assert len(run_["laps_s"]) == 1 and run_["torch_threads"] >= 1
+        assert 0 < run_["first_lap_s"] < run_["train_s"]
+    table = (out / "as-user.md").read_text()
+    assert table in capsys.readouterr().out
+    for row in rows.values():
+        assert row["label"] in table
+    assert '| RSS, report_to="none": training process |' in table
+    assert "Load average (1, 5, 15 min):" in table
+    assert "Command: `python benchmarks/run.py --parts user" in table
+    # the same table again from the results file
+    assert as_user.table_again(results) == table.rstrip("\n")
+
+
+def _user_run(train_s: float, lap_s: float, rss: int = 100 * 2**20) -> dict:
+    return {
+        "train_s": train_s,
+        "train_began": 0.0,
+        "train_ended": 10.0,
+        "laps_s": [2 * lap_s, lap_s, lap_s],  # the first window after start-up, then steady
+        "window": 1000,
+        "after_train_s": 0.5,
+        "left_running": [],
+        "samples": [
+            {"t": t, "training": rss + int(t) * 2**20, "children": {"7": rss // 2}}
+            for t in range(11)
+        ],
+    }
+
+
+def test_user_table_says_met_or_miss_for_every_target():
+    configs = [as_user.plain_config(10), as_user.plain_config(1)]
+    configs += list(as_user.CONFIGS + as_user.LONG)
+    runs = {
+        "plain-10": [_user_run(10.0, 0.5)],
+        "plain-1": [_user_run(11.0, 0.55)],
+        "none": [_user_run(10.2, 0.51)],  # 1.02x: met
+        "four-10": [_user_run(12.0, 0.6)],  # 1.2x: missed
+        "four-1": [_user_run(12.1, 0.6)],
+        "long-none": [_user_run(100.0, 0.5)],
+        "long-three": [_user_run(110.0, 0.55, rss=200 * 2**20)],
+    }
+    rows = as_user.summarise(configs, runs, {"all-10": "not installed: wandb"})
+    by_key = {row["key"]: row for row in rows}
+    assert by_key["none"]["whole_ratio"] == pytest.approx(1.02)
+    assert by_key["none"]["whole_met"] and by_key["none"]["steady_met"]
+    assert not by_key["four-10"]["whole_met"]
+    assert by_key["four-1"]["whole_ratio"] == pytest.approx(12.1 / 11.0)
+    assert by_key["long-three"]["whole_ratio"] == pytest.approx(1.1)
+    # steady: the median window, not the slow first one
+    assert by_key["none"]["steady_us_per_step"] == pytest.approx(510)
+    rss = by_key["long-three"]["rss"]
+    assert rss["training"]["start"] == 201 * 2**20 and rss["training"]["end"] == 210 * 2**20
+    assert rss["training"]["flat"] and rss["children"]["processes"] == 1
+    result = {
+        "settings": {"steps": 8000, "repeats": 1, "window": 1000, "threads": "torch default",
+                     "long_steps": 100000},
+        "rows": rows,
+        "trackers": {"none": []},
+        "load_average_start": [1.0, 2.0, 3.0],
+        "load_average_end": [4.0, 5.0, 6.0],
+        "elapsed_s": 60.0,
+    }  # fmt: skip
+    table = as_user.format_markdown(result, "python benchmarks/run.py --long")
+    lines = table.splitlines()
+    assert sum("met" in line or "MISS" in line for line in lines if line.startswith("|")) == 4
+    assert any("MISS" in line and "1.20x" in line for line in lines)
+    assert any("skipped: not installed: wandb" in line for line in lines)
+    assert any("long, 100000 steps" in line and "<= 1.2x none" in line for line in lines)
+    assert by_key["long-none"]["baseline"] is None  # the reference of the long case
+    assert any('report_to="none" | 1 |  |' in line and "reference" in line for line in lines)
+    assert "1.00, 2.00, 3.00 at the start, 4.00, 5.00, 6.00 at the end" in table
+    assert table.endswith("Command: `python benchmarks/run.py --long`")
+
+
+def test_processes_left_behind_are_seen_and_waited_for():
+    # a run whose child outlives it, as a delivery process finishing after train() does
+    orphan = (
+        "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
+        "'import time; time.sleep(1.5)'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)"
+    )
+    with as_user.subreaper() as reaping:
+        if not reaping:
+            pytest.skip("no child subreaper on this platform")
+        run_child([sys.executable, "-c", orphan])
+        left = as_user.run_tree(None, as_user._ppids())
+        assert len(left) == 1 and left[0] != os.getpid()
+        samples, names = [], {}
+        stopped, _ = as_user._drain(samples, names, sample_every=0.05)
+        assert stopped == [] and as_user.run_tree(None, as_user._ppids()) == []
+        assert samples and "time.sleep(1.5)" in names[left[0]]
