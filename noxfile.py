@@ -370,9 +370,9 @@ def _as_distributions(requirements: list[str]) -> tuple[list[str], list[Path]]:
     names, folders, args = [], [], iter(requirements)
     for arg in args:
         requirement = next(args) if arg == "-e" else arg
-        if requirement.startswith("."):
-            path, bracket, extras = requirement.partition("[")
-            folder = (ROOT / path).resolve()
+        path, bracket, extras = requirement.partition("[")
+        folder = (ROOT / path).resolve()
+        if (folder / "pyproject.toml").is_file():
             folders.append(folder)
             requirement = _distribution(folder) + bracket + extras
         names.append(requirement)
