@@ -206,7 +206,11 @@ if gpu and os.environ.get("TRACKMUX_ALLOW_CUDA") != "1":
 
 
 def setup(
-    session: nox.Session, environment: str, *, from_wheels: bool = False, wheelhouse=None
+    session: nox.Session,
+    environment: str,
+    *,
+    from_wheels: bool = False,
+    wheelhouse: Path | None = None,
 ) -> None:
     """Install torch, then the ``environment``'s requirements from its lock file, pinned to
     that torch; check; silence trackers. ``from_wheels``: this repository's distributions are
@@ -426,15 +430,11 @@ def install_from_wheelhouse(
         wheelhouse = Path(session.create_tmp()) / "wheelhouse"
         build_wheelhouse(session, folders, wheelhouse, check=False)
     local = [_distribution(folder) for folder in folders]
-    wheels = [
-        w for w in sorted(wheelhouse.glob("*.whl")) if _canonical(w.name.split("-")[0]) in local
-    ]
+    built = {w: parse_wheel_filename(w.name)[:2] for w in sorted(wheelhouse.glob("*.whl"))}
+    wheels = [wheel for wheel, (name, _) in built.items() if name in local]
     # the built versions, so that no index's release of the same name can stand in for them
     pins = Path(session.create_tmp()) / "wheelhouse-constraints.txt"
-    pins.write_text(
-        "".join(f"{_canonical(w.name.split('-')[0])}=={w.name.split('-')[1]}\n" for w in wheels),
-        encoding="utf-8",
-    )
+    pins.write_text("".join(f"{name}=={version}\n" for name, version in built.values()))
     refresh = [f"--refresh-package={name}" for name in local] if _uses_uv(session) else []
     install_environment(
         session,
@@ -456,7 +456,9 @@ def _check_plugins_listing(session: nox.Session, folders: list[Path]) -> None:
     """``trackmux plugins``, the console script as installed, lists every plugin among
     ``folders`` as available, with its distribution and version."""
     session.run("trackmux", "plugins")
-    listing = json.loads(session.run("trackmux", "plugins", "--json", silent=True) or "{}")
+    output = session.run("trackmux", "plugins", "--json", silent=True) or "{}"
+    # stderr comes with it: the JSON object starts at the first brace
+    listing, _ = json.JSONDecoder().raw_decode(output, output.index("{"))
     rows = {row["name"]: row for row in listing.get("plugins", [])}
     for folder in folders:
         pyproject = _load_toml(folder / "pyproject.toml")
