@@ -26,7 +26,9 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nox
@@ -389,21 +391,21 @@ def build_wheelhouse(
     """A wheel of each folder in ``wheelhouse`` (emptied first); with ``check``, each
     folder's sdist too, the wheel built from that sdist, and tools/check_wheelhouse.py's
     checks (metadata, contents, entry points, sdist = source, version ranges)."""
-    for old in (wheelhouse, wheelhouse.with_name(wheelhouse.name + "-from-source")):
-        if old.is_dir():
-            for path in old.iterdir():
+    from_source = wheelhouse.with_name(wheelhouse.name + "-from-source")
+    for directory in (wheelhouse, from_source):
+        if directory.is_dir():
+            for path in directory.iterdir():
                 path.unlink()
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    from_source = wheelhouse.with_name(wheelhouse.name + "-from-source")
+    build = [nox.virtualenv.UV, "build", "--quiet", "--no-create-gitignore"]
+    commands = []
     for folder in folders:
-        build = [nox.virtualenv.UV, "build", "--quiet", "--no-create-gitignore"]
         if check:  # uv build without --wheel: the sdist, then the wheel built from it
-            session.run(*build, "--out-dir", str(wheelhouse), str(folder), external=True)
-            session.run(
-                *build, "--wheel", "--out-dir", str(from_source), str(folder), external=True
-            )
+            commands.append([*build, "--out-dir", str(wheelhouse), str(folder)])
+            commands.append([*build, "--wheel", "--out-dir", str(from_source), str(folder)])
         else:
-            session.run(*build, "--wheel", "--out-dir", str(wheelhouse), str(folder), external=True)
+            commands.append([*build, "--wheel", "--out-dir", str(wheelhouse), str(folder)])
+    _run_all(session, commands)
     if check:  # with nox's own Python, which has packaging, before the session has a venv
         session.run(
             sys.executable,
@@ -413,6 +415,20 @@ def build_wheelhouse(
             *map(str, folders),
             external=True,
         )
+
+
+def _run_all(session: nox.Session, commands: list[list[str]]) -> None:
+    """Run independent commands a few at a time (a build mostly waits on its isolated
+    environment); each failure is reported with its output."""
+    jobs = max(2, os.cpu_count() or 2)
+    session.log(f"{len(commands)} commands, {jobs} at a time:")
+    for command in commands:
+        session.log(f"  {shlex.join(command)}")
+    with ThreadPoolExecutor(jobs) as pool:
+        done = list(pool.map(lambda c: subprocess.run(c, capture_output=True, text=True), commands))
+    failed = [f"{shlex.join(r.args)}:\n{r.stdout}{r.stderr}" for r in done if r.returncode]
+    if failed:
+        session.error("\n".join(failed))
 
 
 CHECK_INSTALLED = ROOT / "tools" / "check_installed.py"
