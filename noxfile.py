@@ -26,7 +26,9 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nox
@@ -205,11 +207,21 @@ if gpu and os.environ.get("TRACKMUX_ALLOW_CUDA") != "1":
 """
 
 
-def setup(session: nox.Session, environment: str) -> None:
+def setup(
+    session: nox.Session,
+    environment: str,
+    *,
+    from_wheels: bool = False,
+    wheelhouse: Path | None = None,
+) -> None:
     """Install torch, then the ``environment``'s requirements from its lock file, pinned to
-    that torch; check; silence trackers."""
+    that torch; check; silence trackers. ``from_wheels``: this repository's distributions are
+    installed from wheels, not editable (see install_from_wheelhouse)."""
     constraints = install_torch(session)
-    install_environment(session, environment, "-c", str(constraints))
+    if from_wheels:
+        install_from_wheelhouse(session, environment, "-c", str(constraints), wheelhouse=wheelhouse)
+    else:
+        install_environment(session, environment, "-c", str(constraints))
     check = Path(session.create_tmp()) / "check_torch.py"
     check.write_text(_CHECK_TORCH, encoding="utf-8")
     session.run("python", str(check))
@@ -292,12 +304,19 @@ def _installed(session: nox.Session) -> dict[str, str]:
     return _pins(output.splitlines())
 
 
-def install_environment(session: nox.Session, environment: str, *options: str) -> None:
-    """Install ``environment``'s requirements, constrained by its lock file; then check that
-    the lock covered everything installed (a lock older than a pyproject change fails here,
-    with the command that refreshes it). Unlocked (``TRACKMUX_LOCKS=0``), install the newest
-    releases and say how they differ from the lock."""
-    requirements = ENVIRONMENTS[environment]
+def install_environment(
+    session: nox.Session,
+    environment: str,
+    *options: str,
+    requirements: list[str] | None = None,
+    local: tuple[str, ...] = (),
+) -> None:
+    """Install ``environment``'s requirements (or ``requirements`` standing for them),
+    constrained by its lock file; then check that the lock covered everything installed but
+    the ``local`` distributions of this repository (a lock older than a pyproject change
+    fails here, with the command that refreshes it). Unlocked (``TRACKMUX_LOCKS=0``), install
+    the newest releases and say how they differ from the lock."""
+    requirements = requirements or ENVIRONMENTS[environment]
     lock = lock_file(environment)
     rel = lock.relative_to(ROOT).as_posix()
     if not _locked():
@@ -311,7 +330,7 @@ def install_environment(session: nox.Session, environment: str, *options: str) -
     unlocked = sorted(
         f"{name}=={version}"
         for name, version in _installed(session).items()
-        if locked.get(name) != version and name != "torch"
+        if locked.get(name) != version and name != "torch" and name not in local
     )
     if unlocked:
         session.error(
@@ -326,7 +345,7 @@ def _report_drift(session: nox.Session, environment: str, lock: Path) -> None:
     moved = {
         name: [locked.get(name), version]
         for name, version in sorted(installed.items())
-        if name != "torch" and locked.get(name) != version
+        if name != "torch" and locked.get(name) != version and not name.startswith("trackmux")
     }
     for name, (old, new) in moved.items():
         session.log(f"not as locked: {name} {old or '(new)'} -> {new}")
@@ -334,6 +353,137 @@ def _report_drift(session: nox.Session, environment: str, lock: Path) -> None:
     if drift_dir:
         Path(drift_dir).mkdir(parents=True, exist_ok=True)
         (Path(drift_dir) / f"{environment}.json").write_text(json.dumps(moved), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- wheels
+#
+# Sessions that test this repository as users install it build its distributions into a
+# wheelhouse and install them from there, not editable: a file missing from a wheel, a wrong
+# package path or a broken entry point fails there, as it would for a user. The build
+# backend (hatchling) comes from the index into uv's isolated build environment.
+
+CHECK_WHEELHOUSE = ROOT / "tools" / "check_wheelhouse.py"
+
+
+def _distribution(directory: Path) -> str:
+    return _canonical(_load_toml(directory / "pyproject.toml")["project"]["name"])
+
+
+def _as_distributions(requirements: list[str]) -> tuple[list[str], list[Path]]:
+    """``requirements`` with each folder of this repository (``-e .[test]``,
+    ``-e plugins/trackmux-mlflow``) replaced by its distribution's name (``trackmux[test]``,
+    ``trackmux-mlflow``), and those folders."""
+    names, folders, args = [], [], iter(requirements)
+    for arg in args:
+        requirement = next(args) if arg == "-e" else arg
+        path, bracket, extras = requirement.partition("[")
+        folder = (ROOT / path).resolve()
+        if (folder / "pyproject.toml").is_file():
+            folders.append(folder)
+            requirement = _distribution(folder) + bracket + extras
+        names.append(requirement)
+    return names, folders
+
+
+def build_wheelhouse(
+    session: nox.Session, folders: list[Path], wheelhouse: Path, *, check: bool
+) -> None:
+    """A wheel of each folder in ``wheelhouse`` (emptied first); with ``check``, each
+    folder's sdist too, the wheel built from that sdist, and tools/check_wheelhouse.py's
+    checks (metadata, contents, entry points, sdist = source, version ranges)."""
+    from_source = wheelhouse.with_name(wheelhouse.name + "-from-source")
+    for directory in (wheelhouse, from_source):
+        if directory.is_dir():
+            for path in directory.iterdir():
+                path.unlink()
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    build = [nox.virtualenv.UV, "build", "--quiet", "--no-create-gitignore"]
+    commands = []
+    for folder in folders:
+        if check:  # uv build without --wheel: the sdist, then the wheel built from it
+            commands.append([*build, "--out-dir", str(wheelhouse), str(folder)])
+            commands.append([*build, "--wheel", "--out-dir", str(from_source), str(folder)])
+        else:
+            commands.append([*build, "--wheel", "--out-dir", str(wheelhouse), str(folder)])
+    _run_all(session, commands)
+    if check:  # with nox's own Python, which has packaging, before the session has a venv
+        session.run(
+            sys.executable,
+            str(CHECK_WHEELHOUSE),
+            str(wheelhouse),
+            str(from_source),
+            *map(str, folders),
+            external=True,
+        )
+
+
+def _run_all(session: nox.Session, commands: list[list[str]]) -> None:
+    """Run independent commands a few at a time (a build mostly waits on its isolated
+    environment); each failure is reported with its output."""
+    jobs = max(2, os.cpu_count() or 2)
+    session.log(f"{len(commands)} commands, {jobs} at a time:")
+    for command in commands:
+        session.log(f"  {shlex.join(command)}")
+    with ThreadPoolExecutor(jobs) as pool:
+        done = list(pool.map(lambda c: subprocess.run(c, capture_output=True, text=True), commands))
+    failed = [f"{shlex.join(r.args)}:\n{r.stdout}{r.stderr}" for r in done if r.returncode]
+    if failed:
+        session.error("\n".join(failed))
+
+
+CHECK_INSTALLED = ROOT / "tools" / "check_installed.py"
+
+
+def install_from_wheelhouse(
+    session: nox.Session, environment: str, *options: str, wheelhouse: Path | None = None
+) -> None:
+    """Install ``environment`` as users install: its folders of this repository as wheels
+    (``pip install --find-links WHEELHOUSE trackmux-mlflow[test] ...``), the rest from the
+    index, all within its lock; then check that what is installed is those wheels' files and
+    that ``trackmux plugins`` lists each plugin. Without ``wheelhouse``, build one."""
+    requirements, folders = _as_distributions(ENVIRONMENTS[environment])
+    if wheelhouse is None:
+        wheelhouse = Path(session.create_tmp()) / "wheelhouse"
+        build_wheelhouse(session, folders, wheelhouse, check=False)
+    local = [_distribution(folder) for folder in folders]
+    built = {w: parse_wheel_filename(w.name)[:2] for w in sorted(wheelhouse.glob("*.whl"))}
+    wheels = [wheel for wheel, (name, _) in built.items() if name in local]
+    # the built versions, so that no index's release of the same name can stand in for them
+    pins = Path(session.create_tmp()) / "wheelhouse-constraints.txt"
+    pins.write_text("".join(f"{name}=={version}\n" for name, version in built.values()))
+    refresh = [f"--refresh-package={name}" for name in local] if _uses_uv(session) else []
+    install_environment(
+        session,
+        environment,
+        "--find-links",
+        str(wheelhouse),
+        "-c",
+        str(pins),
+        *refresh,
+        *options,
+        requirements=requirements,
+        local=tuple(local),
+    )
+    session.run("python", str(CHECK_INSTALLED), *map(str, wheels))
+    _check_plugins_listing(session, folders)
+
+
+def _check_plugins_listing(session: nox.Session, folders: list[Path]) -> None:
+    """``trackmux plugins``, the console script as installed, lists every plugin among
+    ``folders`` as available, with its distribution and version."""
+    session.run("trackmux", "plugins")
+    output = session.run("trackmux", "plugins", "--json", silent=True) or "{}"
+    # stderr comes with it: the JSON object starts at the first brace
+    listing, _ = json.JSONDecoder().raw_decode(output, output.index("{"))
+    rows = {row["name"]: row for row in listing.get("plugins", [])}
+    for folder in folders:
+        pyproject = _load_toml(folder / "pyproject.toml")
+        for name in pyproject["project"].get("entry-points", {}).get("trackmux", {}):
+            row = rows.get(name, {})
+            wanted = (_distribution(folder), pyproject["project"]["version"], "available")
+            got = (_canonical(row.get("distribution") or ""), row.get("version"), row.get("status"))
+            if got != wanted:
+                session.error(f"trackmux plugins lists {name!r} as {got}, not {wanted}: {row}")
 
 
 # --------------------------------------------------------------------------- pytest
@@ -379,7 +529,7 @@ def plugin(session: nox.Session, name: str) -> None:
     """One tracker plugin, installed alone next to the core, against its own tests."""
     plugin_dir = PLUGIN_IDS[name]
     rel = plugin_dir.relative_to(ROOT).as_posix()
-    setup(session, f"plugin-{name}")
+    setup(session, f"plugin-{name}", from_wheels=True)
     # rootdir and conftest lookup stop at the plugin directory: the plugin's own
     # conftest.py files apply, the core's tests/conftest.py (or a repo-level one)
     # never does.  The plugin's own pytest config wins; otherwise the core's.
@@ -404,10 +554,27 @@ def _pip_check(session: nox.Session) -> None:
 
 @nox.session
 def integration(session: nox.Session) -> None:
-    """Core + ALL plugins in one environment: dependency check, then tests/integration."""
-    setup(session, "integration")
+    """Core + ALL plugins in one environment, as users install them: a wheelhouse of the
+    core and every plugin (sdists too) is built and checked (see ``wheelhouse``); the core
+    and every plugin that installs with the others are installed from it, not editable;
+    then the dependency check, ``trackmux plugins`` and tests/integration, which train
+    through each of those plugins. (A plugin tested alone gets its wheel in its own
+    ``plugin(<id>)`` session.)"""
+    wheelhouse = Path(session.create_tmp()) / "wheelhouse"
+    build_wheelhouse(session, [ROOT, *PLUGINS], wheelhouse, check=True)
+    setup(session, "integration", from_wheels=True, wheelhouse=wheelhouse)
     _pip_check(session)
     run_pytest(session, ROOT / "tests" / "integration")
+
+
+@nox.session(venv_backend="none")
+def wheelhouse(session: nox.Session) -> None:
+    """dist/wheelhouse/: a wheel and an sdist of the core and of every plugin, checked
+    (metadata and README, each package's files, entry points, the sdist builds the same
+    wheel, every range on a distribution of this repository admits the version built).
+    ``pip install --find-links dist/wheelhouse trackmux-mlflow`` installs from it; see
+    docs/releasing.md. Not in the default set: ``integration`` builds and checks the same."""
+    build_wheelhouse(session, [ROOT, *PLUGINS], ROOT / "dist" / "wheelhouse", check=True)
 
 
 @nox.session

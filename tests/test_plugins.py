@@ -167,7 +167,16 @@ def test_cli_lists_plugins_with_reasons(fake_plugins, tmp_path):
     assert by_name["good"]["mode"] == "local"
     assert by_name["needy"]["fix"] == 'pip install "surely-not-installed-backend>=1.0"'
     assert by_name["broken"]["status"] == "broken"
-    assert {"name": "wandb", "fix": "pip install trackmux-wandb"} in listing["not_installed"]
+    wandb = next(row for row in listing["not_installed"] if row["name"] == "wandb")
+    assert wandb == {
+        "name": "wandb",
+        "distribution": "trackmux-wandb",
+        "install": {
+            "from a clone": "pip install -e plugins/trackmux-wandb",
+            "from a wheelhouse": "pip install --find-links WHEELHOUSE trackmux-wandb",
+            "once published": "pip install trackmux-wandb",
+        },
+    }
     table = run_child(command[:-1], env={**_clean_env(), "PYTHONPATH": env_path}, check=False)
     assert table.returncode == 0, describe_child(table)
     assert "to enable needy: pip install" in table.stdout, describe_child(table)

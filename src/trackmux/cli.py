@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plugins(as_json: bool) -> int:
-    from .plugins import autoload_disabled, get_registry
-    from .report_to import KNOWN_TRACKERS, distribution_name
+    from .plugins import autoload_disabled, distribution_name, get_registry, install_hints
+    from .report_to import KNOWN_TRACKERS
 
     registry = get_registry()
     infos = sorted(registry.plugins.values(), key=lambda info: (not info.builtin, info.name))
@@ -179,7 +179,11 @@ def _plugins(as_json: bool) -> int:
                 {
                     "plugins": rows,
                     "not_installed": [
-                        {"name": name, "fix": f"pip install {distribution_name(name)}"}
+                        {
+                            "name": name,
+                            "distribution": distribution_name(name),
+                            "install": dict(install_hints([name])),
+                        }
                         for name in missing
                     ],
                     "autoload_disabled": autoload_disabled(),
@@ -206,7 +210,10 @@ def _plugins(as_json: bool) -> int:
             print(f"to enable {name}: {fix}")
     if missing:
         print()
-        print("not installed: " + ", ".join(missing) + "  (pip install trackmux-<name>)")
+        print("not installed: " + ", ".join(missing))
+        print(f"  tracker NAME is distribution trackmux-NAME ('_' as '-'); e.g. {missing[0]}:")
+        for where, command in install_hints(missing[:1]):
+            print(f"  {where + ':':<19}{command}")
     if autoload_disabled():
         print("\nTRACKMUX_DISABLE_PLUGIN_AUTOLOAD is set: entry points were not loaded")
     return 0

@@ -110,6 +110,33 @@ def check_backend(tracker_class) -> tuple[str | None, str | None]:
     return None, ", ".join(versions) or None
 
 
+def distribution_name(name: str) -> str:
+    """The distribution of the tracker called ``name``, by the one naming rule
+    (docs/plugins/index.md#names): ``"trackmux-"`` + the name with ``_`` as ``-``
+    (``comet_ml`` -> ``trackmux-comet-ml``). In a clone it lives in ``plugins/<distribution>/``
+    and the core's extra for it is the part after ``trackmux-`` (``trackmux[comet-ml]``)."""
+    return "trackmux-" + name.strip().lower().replace("_", "-")
+
+
+def install_hints(names) -> list[tuple[str, str]]:
+    """``(where, command)`` pairs that install the plugins of the tracker ``names``: what
+    works now (from a clone, from a wheelhouse that ``nox -s wheelhouse`` builds) and what
+    works once trackmux is published."""
+    distributions = [distribution_name(name) for name in names]
+    folders = " ".join(f"-e plugins/{distribution}" for distribution in distributions)
+    wanted = " ".join(distributions)
+    return [
+        ("from a clone", f"pip install {folders}"),
+        ("from a wheelhouse", f"pip install --find-links WHEELHOUSE {wanted}"),
+        ("once published", f"pip install {wanted}"),
+    ]
+
+
+def install_hint(names) -> str:
+    """:func:`install_hints` on one line."""
+    return "; ".join(f"{where}: {command}" for where, command in install_hints(names))
+
+
 def pip_line(tracker_class) -> str:
     requirements = " ".join(f'"{text}"' for text in tracker_class.requires)
     return f"pip install {requirements}" if requirements else ""

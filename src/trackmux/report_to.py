@@ -6,9 +6,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from .plugins import PluginRegistry, autoload_disabled
+from .plugins import PluginRegistry, autoload_disabled, distribution_name, install_hint
 
-#: the names users know from Hugging Face, each a ``trackmux-<name>`` distribution
+#: the names users know from Hugging Face, each the plugin distribution that
+#: :func:`~trackmux.plugins.distribution_name` names
 KNOWN_TRACKERS = (
     "tensorboard",
     "wandb",
@@ -21,6 +22,9 @@ KNOWN_TRACKERS = (
     "azure_ml",
     "dagshub",
     "flyte",
+    "trackio",
+    "swanlab",
+    "aim",
 )
 
 
@@ -39,10 +43,6 @@ class Selection:
         if self.skipped:
             line += "; skipped " + "; ".join(f"{name} ({why})" for name, why in self.skipped)
         return line
-
-
-def distribution_name(name: str) -> str:
-    return "trackmux-" + name.replace("_", "-")
 
 
 def requested_names(report_to) -> list[str] | None:
@@ -121,7 +121,7 @@ def resolve(report_to, registry: PluginRegistry, explicit_names=()) -> Selection
             )
         elif missing:
             selection.skipped.append(
-                (", ".join(missing), "not installed: pip install trackmux-<name>")
+                (", ".join(missing), "not installed; `trackmux plugins` says how to install them")
             )
         return selection
     for name in names:
@@ -143,21 +143,26 @@ def resolve(report_to, registry: PluginRegistry, explicit_names=()) -> Selection
 
 def _unknown_name_message(name: str, registry: PluginRegistry) -> str:
     installed = sorted(registry.plugins)
+    known = [known for known in KNOWN_TRACKERS if known.lower() == name.lower()]
+    if known and not autoload_disabled():
+        return (
+            f"report_to names {name!r}, a trackmux plugin that is not installed; install "
+            f"{distribution_name(known[0])}: {install_hint(known)}. "
+            f"Installed: {', '.join(installed) or 'none'}."
+        )
     candidates = sorted(set(installed) | set(KNOWN_TRACKERS))
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    install = (
-        f" If it is a tracker plugin, install it: pip install {distribution_name(name)}."
-        if not close
-        else ""
-    )
     if autoload_disabled():
-        install += (
+        hint += (
             " Plugins were not loaded because TRACKMUX_DISABLE_PLUGIN_AUTOLOAD is set; pass "
             "tracker objects with Trainer(trackers=[...]) or unset it."
         )
+    elif not close:
+        # never a guessed distribution name: a third-party plugin says how to install itself
+        hint += " No trackmux plugin has that name; a third-party plugin is installed as its own documentation says."
     return (
-        f"report_to names {name!r}, which is not an installed tracker.{hint}{install} "
-        f"Installed: {', '.join(installed) or 'none'}. Known plugins: "
-        f"{', '.join(KNOWN_TRACKERS)} (pip install trackmux-<name>)."
+        f"report_to names {name!r}, which is not an installed tracker.{hint} "
+        f"Installed: {', '.join(installed) or 'none'}. trackmux's plugins: "
+        f"{', '.join(KNOWN_TRACKERS)} (`trackmux plugins` says how to install them)."
     )

@@ -169,7 +169,7 @@ def test_every_hosted_backend_received_every_metric_offline(trackmux_env):
     clearml = _plugin_tests("clearml", "test_clearml.py")
     received = {
         "wandb": wandb_runs[trackers["wandb"].run.id].metrics(),
-        "comet_ml": _plugin_tests("comet", "test_comet.py")
+        "comet_ml": _plugin_tests("comet-ml", "test_comet.py")
         .read_experiments(trackmux_env / "out" / "comet")
         .metrics,
         "neptune": {

@@ -1,4 +1,4 @@
-"""trackmux-azureml outside an Azure ML job (inactive, training unharmed) and inside a
+"""trackmux-azure-ml outside an Azure ML job (inactive, training unharmed) and inside a
 simulated one: the job's variables set as Azure ML sets them, its MLflow endpoint a real
 ``mlflow server`` on 127.0.0.1, and everything read back with ``MlflowClient``. Azure itself
 is never contacted (the ``loopback_only`` guard of conftest.py refuses any other host)."""
@@ -244,7 +244,7 @@ def test_outside_a_job_report_to_all_skips_it_with_the_reason(trackmux_env, monk
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", AZURE_URI)
     registry = get_registry()
-    assert registry.get("azure_ml").distribution == "trackmux-azureml"
+    assert registry.get("azure_ml").distribution == "trackmux-azure-ml"
     selection = resolve("all", registry)
     assert "azure_ml" not in [info.name for info in selection.chosen]
     reason = dict(selection.skipped)["azure_ml"]
@@ -309,7 +309,7 @@ def test_discovery_imports_neither_mlflow_nor_azureml():
         "import sys, trackmux_azureml\n"
         "from trackmux.plugins import get_registry\n"
         "info = get_registry().get('azure_ml')\n"
-        "assert info.available and info.distribution == 'trackmux-azureml', info\n"
+        "assert info.available and info.distribution == 'trackmux-azure-ml', info\n"
         "assert info.tracker_class.unconfigured_reason()\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'azureml')))\n"
     )

@@ -143,7 +143,7 @@ def test_found_through_its_entry_point_and_offline_without_credentials(trackmux_
 
     info = get_registry(refresh=True).get("comet_ml")
     assert info.available, info.reason
-    assert info.distribution == "trackmux-comet"
+    assert info.distribution == "trackmux-comet-ml"
     assert info.tracker_class is CometTracker
     assert info.mode() == "offline"
 
