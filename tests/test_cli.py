@@ -44,7 +44,7 @@ def test_demo_plans_from_a_real_warm_up_of_its_trainer():
     train_data, eval_data = trackmux.demo._data()
     per_step, evaluation = trackmux.demo.measure(train_data, eval_data, steps=12)
     assert per_step > 0 and evaluation > 0
-    assert trackmux.demo.plan(30.0, per_step=0.01, evaluation=0.2) == int((30 / 1.15 - 1) / 0.01)
+    assert trackmux.demo.plan(30.0, per_step=0.01, evaluation=0.2) == int((30 / 1.15 - 1.2) / 0.01)
     assert trackmux.demo.plan(1.0, per_step=1.0, evaluation=1.0) == 50  # never fewer
 
 

@@ -22,7 +22,7 @@ import time
 DEMO_FEATURES = 32
 BATCH_SIZE = 32
 EVAL_BATCH_SIZE = 256
-#: evaluations and checkpoints of the planned run
+#: evaluations during the planned run (one more at its last step) and checkpoints kept
 EVALUATIONS = 5
 CHECKPOINTS = 2
 #: room left for what the warm-up does not measure (logging, tracker calls, checkpoints)
@@ -124,7 +124,7 @@ def measure(train_data, eval_data, steps: int = 60) -> tuple[float, float]:
 
 def plan(seconds: float, per_step: float, evaluation: float) -> int:
     """The steps that fit in ``seconds`` with the demo's evaluations, never fewer than 50."""
-    budget = seconds / MARGIN - EVALUATIONS * evaluation
+    budget = seconds / MARGIN - (EVALUATIONS + 1) * evaluation
     return max(50, int(budget / per_step))
 
 
@@ -169,7 +169,7 @@ def run_demo(report_to: str = "all", output_dir: str = "trackmux_demo", seconds:
     print(f"trackmux demo: measuring a training step on this machine for a {seconds:.0f} s run")
     per_step, evaluation = measure(train_data, eval_data)
     steps = plan(seconds, per_step, evaluation)
-    expected = MARGIN * (steps * per_step + EVALUATIONS * evaluation)
+    expected = MARGIN * (steps * per_step + (EVALUATIONS + 1) * evaluation)
     args = _arguments(
         output_dir,
         steps,
@@ -193,8 +193,8 @@ def run_demo(report_to: str = "all", output_dir: str = "trackmux_demo", seconds:
     )
     ready.trainer = trainer
     print(
-        f"planned {steps} steps (about {expected:.0f} s of training), with {EVALUATIONS} "
-        f"evaluations and a checkpoint every {args.save_steps} steps"
+        f"planned {steps} steps (about {expected:.0f} s of training): an evaluation every "
+        f"{args.eval_steps} steps and at the end, a checkpoint every {args.save_steps}"
     )
     output = trainer.train()
     took = (ready.ended or time.perf_counter()) - (ready.began or 0.0)
