@@ -84,6 +84,35 @@ def test_prints_logging_and_other_threads_go_above_the_bar(terminal):
     )
 
 
+class FixedStreamHandler(logging.StreamHandler):
+    """Like some libraries' handlers: the stream is a property without a setter."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        if value is not None and value is not sys.stderr:
+            raise AttributeError("property 'stream' has no setter")
+
+
+def test_a_handler_whose_stream_cannot_be_set_is_left_alone(terminal):
+    terminal = terminal()
+    handler = FixedStreamHandler()
+    backend = logging.getLogger("test_console.fixed")
+    backend.addHandler(handler)
+    try:
+        bar = tqdm(total=2, file=sys.stderr)
+        console = BarConsole(bar).start()
+        backend.warning("through sys.stderr, above the bar")
+        console.stop()
+        bar.close()
+    finally:
+        backend.removeHandler(handler)
+    assert_never_glued(terminal.getvalue(), ["through sys.stderr, above the bar"])
+
+
 def test_a_handler_made_while_the_bar_is_shown_writes_straight_through_after(terminal):
     terminal = terminal()
     bar = tqdm(total=2, file=sys.stderr)

@@ -102,10 +102,17 @@ class BarConsole:
         self._streams = [out, err]
         replacement = {id(self.stdout): out, id(self.stderr): err}
         for handler in _stream_handlers():
-            stream = replacement.get(id(handler.stream))
-            if stream is not None:
-                self._handlers.append((handler, handler.stream))
+            stream = replacement.get(id(getattr(handler, "stream", None)))
+            if stream is None:
+                continue
+            original = handler.stream
+            try:
                 handler.setStream(stream)
+            except (AttributeError, TypeError):
+                # a handler whose stream is a read-only property (some libraries' own
+                # subclasses pick the stream at each record): it follows sys.stdout/stderr
+                continue
+            self._handlers.append((handler, original))
         sys.stdout, sys.stderr = out, err
         return self
 
