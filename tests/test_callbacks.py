@@ -204,7 +204,7 @@ def test_the_last_step_is_always_logged_evaluated_and_saved(tmp_path):
     history = trainer.state.log_history
     assert [entry["step"] for entry in history if "loss" in entry] == [1, 2, 4, 5]
     assert [entry["step"] for entry in history if "eval_loss" in entry] == [2, 4, 5]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [
         "checkpoint-2",
         "checkpoint-4",
         "checkpoint-5",
@@ -272,7 +272,7 @@ def test_epoch_strategies_act_after_epoch_end(tmp_path):
         ("on_train_end", 4),
     ]
     assert recorder.events == expected
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 
 
 # ------------------------------------------------------------------------ what events receive
@@ -433,7 +433,7 @@ def test_should_save_forces_a_checkpoint(tmp_path):
         trainer_kwargs={"callbacks": [SaveAtTwo, recorder]},
     )
     trainer.train()
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-2"]
+    assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-2"]
     assert [call.step for call in recorder.of("on_save")] == [2]
 
 

@@ -227,6 +227,17 @@ def test_plot_of_a_metric_the_run_lacks_fails(trackmux_env, capsys):
     assert main(["plot", RUN, "--metrics", "eval/accuracy"]) == 1
     err = capsys.readouterr().err
     assert "no metric matching eval/accuracy" in err and "train/loss" in err
+    assert not Path("curves.png").exists() and not Path(RUN, "curves.png").exists()
+
+
+@needs_matplotlib
+def test_plot_without_o_writes_into_the_run_directory(trackmux_env, capsys):
+    run_training("out")
+    capsys.readouterr()
+    assert main(["plot", "out"]) == 0  # an output_dir: its newest run
+    image = Path(RUN, "curves.png")
+    assert capsys.readouterr().out.startswith(f"{image}: 4 metric(s) of run conformance")
+    assert png_size(image) == (1260, 340)
     assert not Path("curves.png").exists()
 
 

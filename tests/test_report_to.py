@@ -116,11 +116,13 @@ def test_bad_type_is_refused():
         requested_names(3)
 
 
-def _trainer(tmp_path, **overrides):
+def _trainer(tmp_path, trackers=(), **overrides):
     args = TrainingArguments(
         output_dir=str(tmp_path), max_steps=2, disable_tqdm=True, save_strategy="no", **overrides
     )
-    return Trainer(TinyRegressor(), args, train_dataset=RegressionDataset(16))
+    return Trainer(
+        TinyRegressor(), args, train_dataset=RegressionDataset(16), trackers=list(trackers)
+    )
 
 
 def test_unknown_name_fails_before_any_training(tmp_path):
@@ -132,11 +134,54 @@ def test_unknown_name_fails_before_any_training(tmp_path):
 
 
 def test_reassigning_report_to_after_construction_is_honoured(tmp_path):
-    trainer = _trainer(tmp_path)  # default "all" would include jsonl
+    trainer = _trainer(tmp_path, trackers=[Quiet()])
     trainer.args.report_to = "none"
+    trainer.args.run_journal = False
     trainer.train()
-    assert trainer.trackers.trackers == []
+    assert [t.name for t in trainer.trackers.trackers] == ["quiet"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_report_to_none_still_keeps_the_run_journal_and_show_reads_it(tmp_path, capsys):
+    from trackmux.cli import main
+
+    trainer = _trainer(tmp_path, report_to="none", logging_steps=1)
+    trainer.train()
+    assert [t.name for t in trainer.trackers.trackers] == ["jsonl"]
+    capsys.readouterr()
+    assert main(["show", str(tmp_path)]) == 0
+    assert "train/loss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("report_to", [["quiet"], "quiet", "none", "all"])
+def test_the_journal_is_added_to_any_choice_and_comes_first(report_to, registry):
+    chosen = [info.name for info in resolve(report_to, registry, journal=True).chosen]
+    assert chosen[0] == "jsonl" and chosen.count("jsonl") == 1
+
+
+@pytest.mark.parametrize("report_to", [["quiet"], "none", "all"])
+def test_run_journal_false_leaves_the_journal_out(report_to, registry):
+    chosen = [info.name for info in resolve(report_to, registry, journal=False).chosen]
+    assert "jsonl" not in chosen
+
+
+def test_run_journal_false_with_jsonl_named_is_refused(tmp_path):
+    trainer = _trainer(tmp_path, report_to=["jsonl"], run_journal=False)
+    with pytest.raises(ReportToError, match="run_journal"):
+        trainer.train()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_jsonl_tracker_passed_as_an_object_replaces_the_journal(tmp_path):
+    trainer = _trainer(tmp_path, report_to="none", trackers=[JsonlTracker(dir=tmp_path / "logs")])
+    trainer.train()
+    assert [t.name for t in trainer.trackers.trackers] == ["jsonl"]
+    assert any((tmp_path / "logs").iterdir()) and not (tmp_path / "runs").exists()
+
+
+def test_run_journal_must_be_a_bool(tmp_path):
+    with pytest.raises(TypeError, match="run_journal"):
+        TrainingArguments(output_dir=str(tmp_path), run_journal="no")
 
 
 def test_default_all_writes_the_jsonl_log(tmp_path):

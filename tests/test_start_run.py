@@ -144,6 +144,7 @@ def test_strict_raises_the_first_tracker_error_at_finish(tmp_path):
         ({"close_timeout": -1}, "close_timeout=-1"),
         ({"resume": "abc"}, "resume='abc'"),
         ({"report_to": "nosuchtracker"}, "nosuchtracker"),
+        ({"run_journal": "off"}, "run_journal='off'"),
     ],
 )
 def test_bad_options_are_refused_naming_the_field(tmp_path, options, message):
@@ -241,10 +242,18 @@ def test_the_progress_bar_names_the_tracker_the_loop_waits_on(tmp_path):
 
 
 def test_a_run_with_no_trackers_is_free_and_finishes(tmp_path):
-    run = trackmux.start_run("none", output_dir=tmp_path)
+    run = trackmux.start_run("none", output_dir=tmp_path, run_journal=False)
     run.log({"loss": 1.0})
     run.finish()
     assert run.status == "success" and run.trackers == [] and run.where() == []
+    assert not (tmp_path / "runs").exists()
+
+
+def test_report_to_none_keeps_the_journal_of_a_plain_loop(tmp_path):
+    with trackmux.start_run("none", output_dir=tmp_path, run_name="loop") as run:
+        run.log({"loss": 1.0}, step=3)
+    assert [tracker.name for tracker in run.trackers] == ["jsonl"]
+    assert read_run(tmp_path / "runs" / "loop").history("loss") == [(3, 1.0)]
     run.finish("failed")  # a second finish changes nothing
     assert run.status == "success"
 

@@ -410,3 +410,16 @@ def test_defer_queues_a_call_from_a_direct_hook_onto_the_worker(tmp_path):
     assert [step for _, step, _ in grads] == [1, 2, 3, 4, 5, 6]
     steps_in_order = [call[1] for call in watcher.of("metrics")]
     assert steps_in_order == sorted(steps_in_order)  # queued in order with the train logs
+
+
+def test_backend_output_is_quiet_unless_asked_for(monkeypatch):
+    backend = logging.getLogger("test_trackers.chatty_backend")
+    monkeypatch.setattr(backend, "level", logging.INFO)
+    monkeypatch.delenv("TRACKMUX_BACKEND_OUTPUT", raising=False)
+    Recorder().quiet_backend_loggers("test_trackers.chatty_backend")
+    assert backend.level == logging.WARNING
+    backend.setLevel(logging.INFO)
+    monkeypatch.setenv("TRACKMUX_BACKEND_OUTPUT", "1")
+    assert Recorder().backend_output() and not Recorder(backend_output=False).backend_output()
+    Recorder().quiet_backend_loggers("test_trackers.chatty_backend")
+    assert backend.level == logging.INFO  # the user asked for the backend's own lines

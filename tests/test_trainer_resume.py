@@ -53,7 +53,7 @@ def test_resumed_run_logs_the_same_losses(tmp_path, accumulation, resume):
         run(tmp_path / "cut", accumulation=accumulation, callbacks=[stop])
     assert [type(error) for error in stop.exceptions] == [KeyboardInterrupt]
     assert stop.exceptions[0] is stop.error
-    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["checkpoint-10"]
+    assert sorted(p.name for p in (tmp_path / "cut").glob("checkpoint-*")) == ["checkpoint-10"]
 
     if resume == "path":
         resume = str(tmp_path / "cut" / "checkpoint-10")

@@ -74,6 +74,7 @@ TRACKMUX_DEFAULTS = {
     "tracker_stall_timeout": 300.0,
     "save_on_interrupt": False,
     "journal_errors": "retry",
+    "run_journal": True,
     "stop_on_nonfinite_loss": False,
 }
 
@@ -114,7 +115,7 @@ def test_field_set_and_order():
     names = [f.name for f in dataclasses.fields(TrainingArguments)]
     assert set(names) == set(HF_DEFAULTS) | set(TRACKMUX_DEFAULTS)
     assert names[0] == "output_dir"
-    assert names[-8:] == [
+    assert names[-9:] == [
         "tracker_strict",
         "tracker_artifacts",
         "tracker_queue_size",
@@ -122,6 +123,7 @@ def test_field_set_and_order():
         "tracker_stall_timeout",
         "save_on_interrupt",
         "journal_errors",
+        "run_journal",
         "stop_on_nonfinite_loss",
     ]
 

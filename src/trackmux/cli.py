@@ -62,6 +62,8 @@ HIGHER_IS_BETTER = tuple(
 #: TrainingArguments fields ``show`` leaves out of the config summary (shown elsewhere)
 _CONFIG_NOISE = ("output_dir", "logging_dir", "run_name")
 CONFIG_SHOWN = 12
+#: the image ``trackmux plot`` writes into the run directory when no ``-o`` is given
+DEFAULT_PLOT = "curves.png"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a run directory (output_dir/runs/<run>) or an output_dir",
     )
     plot.add_argument(
-        "-o", "--output", default="curves.png", help="image file, by extension: png, svg, pdf"
+        "-o",
+        "--output",
+        help="image file, by extension: png, svg, pdf (default: curves.png in the run directory)",
     )
     plot.add_argument(
         "--metrics",
@@ -431,13 +435,15 @@ def _show(run_dir: str, as_json: bool = False) -> int:
 # -- plot -------------------------------------------------------------------------------------
 
 
-def _plot(run_dir: str, output: str, metrics: str | None) -> int:
+def _plot(run_dir: str, output: str | None, metrics: str | None) -> int:
     from .plot import PlotError, plot_run
     from .runlog import read_run
 
     found = _find_run("plot", run_dir)
     if found is None:
         return 1
+    # beside the run's data, not in the current folder (a clone, where it would be untracked)
+    output = output or os.path.join(found, DEFAULT_PLOT)
     patterns = [p.strip() for p in metrics.split(",") if p.strip()] if metrics else None
     try:
         drawn = plot_run(read_run(found), output, patterns)

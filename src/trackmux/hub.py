@@ -53,6 +53,7 @@ class TrackerHub:
             trainer.tracker_config,
             list(trainer._explicit_trackers),
             main=main,
+            journal=trainer.args.run_journal,
         )
         if main:
             logger.info(summary)

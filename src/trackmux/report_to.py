@@ -28,6 +28,10 @@ KNOWN_TRACKERS = (
 )
 
 
+#: the core's local run log, kept on every run unless ``run_journal=False``
+JOURNAL = "jsonl"
+
+
 class ReportToError(ValueError):
     """``report_to`` names a tracker that cannot run; raised before any training."""
 
@@ -97,9 +101,33 @@ def lookup(registry: PluginRegistry, name: str):
     return registry.get(matches[0]) if len(matches) == 1 else None
 
 
-def resolve(report_to, registry: PluginRegistry, explicit_names=()) -> Selection:
+def resolve(
+    report_to, registry: PluginRegistry, explicit_names=(), *, journal: bool | None = None
+) -> Selection:
     """Pick the trackers ``report_to`` asks for. ``explicit_names`` are trackers the user
-    passed as objects: they are used as given and not looked up."""
+    passed as objects: they are used as given and not looked up.
+
+    ``journal`` is the run journal rule (docs/report-to.md, "The run journal"): True adds the
+    local ``jsonl`` log whatever ``report_to`` says, "none" included; False leaves it out
+    (and refuses a ``report_to`` that names it); None resolves ``report_to`` alone."""
+    selection = _resolve(report_to, registry, explicit_names)
+    if journal is None or JOURNAL in explicit_names:
+        return selection
+    chosen = any(info.name == JOURNAL for info in selection.chosen)
+    if journal and not chosen:
+        selection.chosen.insert(0, registry.get(JOURNAL))
+    elif not journal and chosen:
+        named = requested_names(report_to)
+        if named is not None and any(name.lower() == JOURNAL for name in named):
+            raise ReportToError(
+                f"report_to={report_to!r} names {JOURNAL!r}, the run journal, but run_journal "
+                "is False; drop one of the two (run_journal=False turns the journal off)"
+            )
+        selection.chosen = [info for info in selection.chosen if info.name != JOURNAL]
+    return selection
+
+
+def _resolve(report_to, registry: PluginRegistry, explicit_names=()) -> Selection:
     names = requested_names(report_to)
     selection = Selection()
     if names is None:

@@ -29,10 +29,12 @@ def choose_trackers(
     *,
     main: bool = True,
     owner: str = "TrainingArguments",
+    journal: bool = True,
 ) -> tuple[list[Tracker], str]:
     """Resolve ``report_to`` (raising ReportToError for a name that cannot run) into tracker
     objects built with their ``tracker_config`` settings, plus ``explicit`` Tracker instances;
     on a process other than the main one only trackers that opted in (``all_ranks``).
+    The run journal (``jsonl``) is among them unless ``journal`` is False.
     Returns the trackers, the local run log first, and the one-line summary of the choice."""
     from .plugins import get_registry
     from .report_to import resolve
@@ -41,7 +43,7 @@ def choose_trackers(
         if not isinstance(tracker, Tracker):
             raise TypeError(f"trackers=[...]: {tracker!r} is not a trackmux.Tracker instance")
     explicit_names = {tracker.name for tracker in explicit}
-    selection = resolve(report_to, get_registry(), explicit_names)
+    selection = resolve(report_to, get_registry(), explicit_names, journal=journal)
     config = dict(tracker_config or {})
     trackers = []
     for info in selection.chosen:
@@ -362,8 +364,13 @@ def start_run(
     queue_size: int = 10000,
     close_timeout: float = 30.0,
     stall_timeout: float = 300.0,
+    run_journal: bool = True,
 ) -> Run:
     """Open a run in the trackers ``report_to`` chooses, for any training loop.
+
+    The run journal (``<output_dir>/runs/<run>/events.jsonl``, the ``jsonl`` tracker) is kept
+    whatever ``report_to`` says, ``"none"`` included, so ``trackmux show``/``plot``/``sync``
+    work on every run; ``run_journal=False`` turns it off.
 
     Use it as a context manager: the run finishes with "success", "failed" (an exception,
     re-raised unchanged) or "killed" (Ctrl-C, SystemExit). ``resume`` takes a previous run's
@@ -385,8 +392,10 @@ def start_run(
             f"start_run(resume={resume!r}): pass the identities of a previous run "
             "(run.identities, a dict of tracker name to identity)"
         )
+    if not isinstance(run_journal, bool):
+        raise TypeError(f"start_run(run_journal={run_journal!r}): must be True or False")
     chosen, summary = choose_trackers(
-        report_to, tracker_config, list(trackers or []), owner="start_run"
+        report_to, tracker_config, list(trackers or []), owner="start_run", journal=run_journal
     )
     logger.info(summary)
     run = Run(

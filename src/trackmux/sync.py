@@ -356,6 +356,8 @@ class _Replay:
             kind=session.kind,
             strict=True,
             close_timeout=self.close_timeout,
+            # the journal is what is being replayed: a sync writes no journal of its own
+            run_journal=False,
         )
         unconfirmed = 0
         try:

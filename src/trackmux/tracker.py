@@ -32,6 +32,8 @@ KILLED = "killed"
 STATUSES = (SUCCESS, FAILED, KILLED)
 
 ARTIFACT_POLICIES = ("none", "end", "checkpoint", "best", "last")
+#: set to 1 for every backend's own console output (banners, INFO lines), not trackmux's line
+BACKEND_OUTPUT_ENV = "TRACKMUX_BACKEND_OUTPUT"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -164,6 +166,27 @@ class Tracker:
     def where(self) -> str | None:
         """After :meth:`start`: where the data is and how to look at it, in one line."""
         return None
+
+    def backend_output(self) -> bool:
+        """True when the user asked for the backend's own console output: the
+        ``backend_output`` setting, else ``TRACKMUX_BACKEND_OUTPUT``. By default a plugin
+        keeps its backend quiet and says what matters in one trackmux line (docs/trackers.md,
+        "Console output")."""
+        value = self.setting("backend_output", env=BACKEND_OUTPUT_ENV)
+        if isinstance(value, bool):
+            return value
+        return str(value).strip().lower() in _TRUE if value is not None else False
+
+    def quiet_backend_loggers(self, *names: str) -> None:
+        """Raise the backend's loggers ``names`` to WARNING, unless :meth:`backend_output`:
+        their INFO lines (a database created, a banner) are the backend's, not the user's.
+        Call it after importing the backend, which may set its own levels on import."""
+        if self.backend_output():
+            return
+        for name in names:
+            backend = logging.getLogger(name)
+            if backend.getEffectiveLevel() < logging.WARNING:
+                backend.setLevel(logging.WARNING)
 
     # -- names and values -----------------------------------------------------------------
 

@@ -13,7 +13,6 @@ import inspect
 import logging
 import math
 import operator
-import sys
 
 from . import hookspecs
 from .trainer_state import ExportableState, TrainerControl, TrainerState
@@ -268,12 +267,42 @@ class DefaultFlowCallback(TrainerCallback):
         return control
 
 
+#: significant digits of a float in a printed log dict
+SHOWN_DIGITS = 4
+
+
+def _rounded(value):
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{SHOWN_DIGITS}g}")
+    return value
+
+
 def _format_logs(logs: dict) -> dict:
-    shown = dict(logs)
-    shown.pop("total_flos", None)
+    """A log dict as printed: floats rounded to a few significant digits (the run log and
+    the trackers keep every digit), ``total_flos`` left out."""
+    shown = {key: _rounded(value) for key, value in logs.items() if key != "total_flos"}
     if "epoch" in shown and isinstance(shown["epoch"], float):
         shown["epoch"] = round(shown["epoch"], 2)
     return shown
+
+
+def _log_lines(shown: dict, width: int) -> list[str]:
+    """``shown`` as one line, or as several lines broken between entries when it is wider
+    than ``width``: never cut inside a name or a number."""
+    text = str(shown)
+    if len(text) <= width:
+        return [text]
+    lines, line = [], "{"
+    items = [f"{key!r}: {value!r}" for key, value in shown.items()]
+    for index, item in enumerate(items):
+        item += "}" if index == len(items) - 1 else ","
+        if len(line) > 1 and len(line) + 1 + len(item) > width:
+            lines.append(line)
+            line = " " + item
+        else:
+            line += item if len(line) <= 1 else " " + item
+    lines.append(line)
+    return lines
 
 
 class PrinterCallback(TrainerCallback):
@@ -287,6 +316,9 @@ class PrinterCallback(TrainerCallback):
 class ProgressCallback(TrainerCallback):
     """tqdm progress bars for training and evaluation; log dicts are written above the bar.
 
+    While the training bar is shown, everything printed to the terminal (trackmux's lines, a
+    tracker backend's, warnings) goes above it, never onto it (:mod:`trackmux._console`).
+    Log dicts are shown rounded, broken between entries at ``max_str_len`` characters.
     ``postfix`` shows the last logged values, so a glance at the bar tells how training goes.
     """
 
@@ -295,15 +327,19 @@ class ProgressCallback(TrainerCallback):
         self.prediction_bar = None
         self.max_str_len = max_str_len
         self._shown_step = 0
+        self._console = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             from tqdm.auto import tqdm
 
+            from ._console import BarConsole
+
             self.training_bar = tqdm(
                 total=state.max_steps, initial=state.global_step, dynamic_ncols=True
             )
             self._shown_step = state.global_step
+            self._console = BarConsole(self.training_bar).start()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.training_bar is not None:
@@ -317,8 +353,10 @@ class ProgressCallback(TrainerCallback):
             from tqdm.auto import tqdm
 
             total = len(eval_dataloader) if hasattr(eval_dataloader, "__len__") else None
+            # the terminal itself, not the stream that writes above the training bar
+            stream = self._console.stderr if self._console is not None else None
             self.prediction_bar = tqdm(
-                total=total, leave=self.training_bar is None, dynamic_ncols=True
+                total=total, leave=self.training_bar is None, dynamic_ncols=True, file=stream
             )
         self.prediction_bar.update(1)
 
@@ -337,18 +375,17 @@ class ProgressCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         shown = _format_logs(logs)
-        text = str(shown)
-        if len(text) > self.max_str_len:
-            text = text[: self.max_str_len - 3] + "..."
+        text = "\n".join(_log_lines(shown, self.max_str_len))
+        if self._console is not None:
+            self._console.write(text)
+        else:
+            print(text, flush=True)
         if self.training_bar is not None:
-            self.training_bar.write(text, file=sys.stdout)
             numeric = {
                 k: v for k, v in shown.items() if isinstance(v, int | float) and k != "epoch"
             }
             if "loss" in numeric:  # the bar shows the latest training values only
                 self.training_bar.set_postfix(numeric, refresh=False)
-        else:
-            print(text, flush=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._close_training_bar()
@@ -370,6 +407,9 @@ class ProgressCallback(TrainerCallback):
         self._close_training_bar()
 
     def _close_training_bar(self):
+        if self._console is not None:
+            self._console.stop()
+            self._console = None
         if self.training_bar is not None:
             self.training_bar.close()
             self.training_bar = None

@@ -379,6 +379,7 @@ _FIELD_CHECKS: dict[str, Checker] = {
     "tracker_stall_timeout": _check_float("tracker_stall_timeout", low=0, low_inclusive=False),
     "save_on_interrupt": _check_bool("save_on_interrupt"),
     "journal_errors": _check_choice("journal_errors", JOURNAL_ERROR_MODES),
+    "run_journal": _check_bool("run_journal"),
     "stop_on_nonfinite_loss": _check_bool("stop_on_nonfinite_loss"),
 }
 
@@ -520,6 +521,7 @@ class TrainingArguments:
     tracker_stall_timeout: float = 300.0
     save_on_interrupt: bool = False
     journal_errors: str = "retry"
+    run_journal: bool = True
     stop_on_nonfinite_loss: bool = False
 
     # ----------------------------------------------------------------------------------------

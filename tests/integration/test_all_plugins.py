@@ -71,18 +71,6 @@ def test_demo_with_every_plugin(trackmux_env, capsys, monkeypatch, seconds):
             assert f"  {name}" in out, f"the demo did not report where {name!r} put its data"
 
 
-def test_readme_example_runs_verbatim(trackmux_env):
-    readme = pathlib.Path(__file__).parents[2].joinpath("README.md").read_text()
-    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    namespace: dict = {}
-    exec(compile(example, "README.md", "exec"), namespace)
-    trainer = namespace["trainer"]
-    assert trainer.state.global_step == 200
-    assert [t.name for t in trainer.trackers.trackers] == ["jsonl", "tensorboard"]
-    log = read_run(find_runs(trackmux_env / "out")[-1])
-    assert [step for step, _ in log.history("train/loss")][:2] == [10, 20]
-
-
 def _tensorboard_metrics(tracker):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

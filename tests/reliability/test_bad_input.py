@@ -27,7 +27,7 @@ from trackmux.runlog import find_runs, read_run
         (["JSONL"], ["jsonl"]),  # mixed case finds the plugin
         ("Jsonl, jsonl ,JSONL", ["jsonl"]),  # duplicates, spaces and case: once
         (["jsonl", "jsonl"], ["jsonl"]),
-        ("NONE", []),
+        ("NONE", ["jsonl"]),  # no plugin; the run journal is kept
         ("jsonl,", ["jsonl"]),  # a trailing comma is not a tracker
     ],
 )
@@ -229,6 +229,6 @@ def test_a_read_only_file_system_is_refused_before_training():
 
 
 def test_nothing_is_checked_when_nothing_is_written():
-    trainer = make_trainer("/proc/self/trackmux-out", report_to="none")
+    trainer = make_trainer("/proc/self/trackmux-out", report_to="none", run_journal=False)
     trainer.train()  # no checkpoint, no run log: an unwritable output_dir does not matter
     assert trainer.state.global_step == 6

@@ -11,7 +11,6 @@ import errno
 import json
 import logging
 import math
-import os
 
 import pytest
 from reliability_helpers import Recorder, make_trainer
@@ -210,7 +209,7 @@ def test_a_save_cut_short_leaves_no_checkpoint_to_resume(tmp_path, monkeypatch):
     resumed = make_trainer(tmp_path, report_to="none", save_strategy="steps", save_steps=2)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 6
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert sorted_checkpoints(tmp_path) == [str(tmp_path / f"checkpoint-{n}") for n in (2, 4, 6)]
     with open(tmp_path / "checkpoint-4" / "trainer_state.json") as handle:
         assert json.load(handle)["global_step"] == 4
 
@@ -218,7 +217,7 @@ def test_a_save_cut_short_leaves_no_checkpoint_to_resume(tmp_path, monkeypatch):
 def test_saving_the_same_step_again_replaces_the_checkpoint(tmp_path):
     trainer = _train_with_checkpoints(tmp_path)
     trainer._save_checkpoint()  # step 6 again: renamed over the old one
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert sorted_checkpoints(tmp_path) == [str(tmp_path / f"checkpoint-{n}") for n in (2, 4, 6)]
     assert get_last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
 
 

@@ -519,3 +519,17 @@ def test_a_password_in_the_tracking_uri_is_never_written_or_printed(
     data = read_run(mlflow_server, tracker.run_id)
     assert data.status == "success"
     assert [step for step, _ in data.metrics["train/loss"]] == [2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("backend_output", [False, True])
+def test_mlflow_chatter_only_when_asked_for(trackmux_env, monkeypatch, capfd, backend_output):
+    """Creating a store prints MLflow's INFO lines ("Creating initial MLflow database
+    tables..."): kept quiet unless TRACKMUX_BACKEND_OUTPUT asks for the backend's output."""
+    monkeypatch.setattr(logging.getLogger("mlflow"), "level", logging.INFO)
+    if backend_output:
+        monkeypatch.setenv("TRACKMUX_BACKEND_OUTPUT", "1")
+    trainer = run_training("out", report_to=["mlflow"], max_steps=2)
+    captured = capfd.readouterr()
+    chatter = "Creating initial MLflow database tables" in captured.out + captured.err
+    assert chatter == backend_output
+    assert trainer.trackers.where()[1][1].startswith("run ")

@@ -77,6 +77,7 @@ class TrackmuxLogger(Logger):
         strict: bool | None = None,
         queue_size: int = 10000,
         close_timeout: float = 30.0,
+        run_journal: bool = True,
     ):
         super().__init__()
         self._save_dir = os.fspath(save_dir)
@@ -89,6 +90,7 @@ class TrackmuxLogger(Logger):
             "strict": strict,
             "queue_size": queue_size,
             "close_timeout": close_timeout,
+            "run_journal": run_journal,
         }
         self._config = dict(config or {})
         self._run = None
@@ -141,6 +143,7 @@ class TrackmuxLogger(Logger):
                 strict=self._options["strict"],
                 queue_size=self._options["queue_size"],
                 close_timeout=self._options["close_timeout"],
+                run_journal=self._options["run_journal"],
             )
             _exit.watch(self)
         return self._run

@@ -85,6 +85,7 @@ class TrackmuxCallback(TrainerCallback):
         strict: bool | None = None,
         queue_size: int = 10000,
         close_timeout: float = 30.0,
+        run_journal: bool = True,
     ):
         self.report_to = report_to
         self.config = dict(config or {})
@@ -95,6 +96,7 @@ class TrackmuxCallback(TrainerCallback):
             "strict": strict,
             "queue_size": queue_size,
             "close_timeout": close_timeout,
+            "run_journal": run_journal,
         }
         #: the open :class:`trackmux.run.Run`, or None between runs
         self.run = None

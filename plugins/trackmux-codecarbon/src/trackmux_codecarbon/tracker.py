@@ -56,7 +56,10 @@ class CodeCarbonTracker(Tracker):
     def where(self) -> str | None:
         if self.emissions_file is None:
             return None
-        return f"{self.emissions_file} (carbonboard --filepath {self.emissions_file})"
+        if _has_carbonboard():
+            return f"{self.emissions_file} (carbonboard --filepath {self.emissions_file})"
+        # carbonboard's command is installed with codecarbon but fails without its extra
+        return f"{self.emissions_file} (a CSV file; the run log has its totals as codecarbon/*)"
 
     # -- the Tracker API (worker thread) -------------------------------------------------
 
@@ -82,7 +85,7 @@ class CodeCarbonTracker(Tracker):
         options = {key: value for key, value in self.settings.items() if value is not None}
         defaults = {
             "output_dir": os.path.join(run.output_dir, "codecarbon"),
-            "log_level": "error",
+            "log_level": "info" if self.backend_output() else "error",
             "experiment_name": run.name,
             # codecarbon 3's default; codecarbon 2's lock file would outlive a tracker whose
             # set-up failed and keep every later tracker of the process from measuring
@@ -211,3 +214,13 @@ def _totals(path: str, run_ids: list[str]) -> dict[str, float]:
             error,
         )
     return {name: sum(float(row.get(name) or 0.0) for row in last.values()) for name in FIGURES}
+
+
+def _has_carbonboard() -> bool:
+    """Whether ``codecarbon[carbonboard]`` is installed (its dashboard needs dash)."""
+    import importlib.util
+
+    return all(
+        importlib.util.find_spec(module) is not None
+        for module in ("dash", "dash_bootstrap_components")
+    )

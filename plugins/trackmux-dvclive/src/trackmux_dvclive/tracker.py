@@ -82,10 +82,8 @@ class DVCLiveTracker(Tracker):
         git_root = _git_root_without_dvc(os.getcwd())
         if git_root is None:
             return None
-        return (
-            f"{git_root} is a Git repository without DVC, where dvclive would run `dvc init`; "
-            "run `dvc init` there, or name dvclive in report_to"
-        )
+        # one short clause in the start-of-training line; the fixes are in the plugin's docs
+        return f"{git_root} is a Git repository without DVC: dvclive would run `dvc init` there"
 
     def artifact_policy(self, default: str = "none") -> str:
         # Hugging Face's HF_DVCLIVE_LOG_MODEL=all logs the output directory at every save

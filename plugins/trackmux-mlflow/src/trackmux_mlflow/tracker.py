@@ -163,6 +163,9 @@ class MlflowTracker(Tracker):
     def start(self, run: RunInfo) -> dict[str, Any]:
         from mlflow.tracking import MlflowClient
 
+        # "Creating initial MLflow database tables..." and alembic's migration lines
+        self.quiet_backend_loggers("mlflow", "alembic")
+
         tags = self._tags()  # a malformed MLFLOW_TAGS fails before anything is created
         resume = run.resume or {}
         user_run = self._user_run or _user_active_run()

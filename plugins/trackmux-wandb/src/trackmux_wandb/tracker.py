@@ -175,9 +175,12 @@ class WandbTracker(Tracker):
         self.directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
         os.makedirs(self.directory, exist_ok=True)
         close_timeout = getattr(run.args, "tracker_close_timeout", None)
+        loud = self.backend_output()
         settings = wandb.Settings(
-            # the one-line notice below replaces wandb's banner
-            quiet=True,
+            # the one-line notice below replaces wandb's banner and its `wandb online` /
+            # `wandb sync` advice (silent: none of wandb's own lines), unless asked for
+            quiet=not loud,
+            silent=not loud,
             # beyond trackmux's close timeout the worker is abandoned anyway; wandb then
             # marks the run crashed instead of uploading on past the end of training
             finish_timeout=float(close_timeout or 0.0),
