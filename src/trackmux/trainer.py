@@ -842,8 +842,9 @@ class Trainer:
         batches_per_epoch = plan["batches_per_epoch"]
         for epoch in range(first_epoch, plan["num_train_epochs"]):
             # a resume from the last checkpoint has nothing left to train; transformers
-            # does not look at should_training_stop before the first step
-            stop = self.control.should_training_stop and not self._transformers_flow
+            # looks at should_training_stop after an epoch, not before the first one
+            first = epoch == first_epoch and self._transformers_flow
+            stop = self.control.should_training_stop and not first
             if stop or state.global_step >= state.max_steps:
                 break
             self._set_epoch(self.train_dataloader, epoch)
