@@ -227,12 +227,12 @@ class Trainer:
         arguments with "label" in the name, unless ``args.label_names`` says), whether it
         returns a loss without labels (``return_loss=True``), whether it takes ``**kwargs``
         (then it gets ``num_items_in_batch``)."""
-        forward = type(self.model).forward
         try:
-            parameters = inspect.signature(forward).parameters
+            parameters = inspect.signature(type(self.model).forward).parameters
         except (TypeError, ValueError):  # a forward without a signature (a C extension)
             parameters = {}
-        names = getattr(self.args, "label_names", None)
+        self._forward_parameters = list(parameters)
+        names = self.args.label_names
         if names is None:
             question_answering = "QuestionAnswering" in type(self.model).__name__
             answers = ("start_positions", "end_positions") if question_answering else ()
@@ -352,10 +352,9 @@ class Trainer:
             raise ValueError("Trainer.train() needs a train_dataset")
         dataset = self.train_dataset
         args = self.args
-        seed = args.data_seed if getattr(args, "data_seed", None) is not None else args.seed
-        sampler = None
+        seed = args.data_seed if args.data_seed is not None else args.seed
         if isinstance(dataset, IterableDataset):
-            pass
+            sampler = None  # read in the dataset's own order, as transformers does
         elif self.distributed.enabled:
             sampler = DistributedSampler(
                 dataset,
@@ -372,19 +371,15 @@ class Trainer:
             sampler=sampler,
             collate_fn=self._collate_fn(),
             num_workers=args.dataloader_num_workers,
-            drop_last=getattr(args, "dataloader_drop_last", False),
+            drop_last=args.dataloader_drop_last,
         )
 
     def _collate_fn(self):
         """The data collator, fed only the keys the model's ``forward`` takes (and the
         labels) when ``remove_unused_columns`` (transformers' default)."""
-        if not self.args.remove_unused_columns:
+        if not self.args.remove_unused_columns or not self._forward_parameters:
             return self.data_collator
-        try:
-            names = list(inspect.signature(type(self.model).forward).parameters)
-        except (TypeError, ValueError):
-            return self.data_collator
-        keep = frozenset([*names, "label", "label_ids", *self.label_names])
+        keep = frozenset([*self._forward_parameters, "label", "label_ids", *self.label_names])
         return _RemoveColumns(self.data_collator, keep)
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:

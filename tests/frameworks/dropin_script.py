@@ -4,8 +4,8 @@
 
 test_transformers_dropin.py runs it as it is, and again with only the import line below
 changed to ``from trackmux import ...``; both must log the same numbers, step for step.
-It writes what it logged to OUTPUT_DIR/logged.json, and uses nothing but torch and the library it imports
-(a tiny model and synthetic data: no download).
+It writes what it logged to OUTPUT_DIR/logged.json, and uses nothing but torch and the
+library it imports (a tiny model and synthetic data: no download).
 
 Usage: python dropin_script.py OUTPUT_DIR [RESUME_FROM]
 """
@@ -16,7 +16,9 @@ import sys
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments, set_seed  # the line the test swaps
+
+# the test swaps the next line for the same import from trackmux
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
 CLASS_WEIGHTS = torch.tensor([1.0, 2.0, 0.5])
 
@@ -86,6 +88,8 @@ def main(output_dir, resume_from=None):
         eval_steps=2,
         save_strategy="steps",
         save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
         seed=11,
         data_seed=5,
         report_to="none",
@@ -98,11 +102,17 @@ def main(output_dir, resume_from=None):
         train_dataset=Blobs(36, seed=1),
         eval_dataset=Blobs(12, seed=2),
         compute_metrics=compute_metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=10)],
     )
     trainer.train(resume_from_checkpoint=resume_from)
     evaluated = trainer.evaluate()
     predicted = trainer.predict(Blobs(7, seed=3, labelled=False))
+    (stopping,) = [
+        c for c in trainer.callback_handler.callbacks if hasattr(c, "early_stopping_patience")
+    ]
     logged = {
+        "patience_counter": stopping.early_stopping_patience_counter,
+        "best_global_step": trainer.state.best_global_step,
         "log_history": trainer.state.log_history,
         "evaluate": evaluated,
         "predict_metrics": predicted.metrics,

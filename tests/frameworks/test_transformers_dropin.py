@@ -22,7 +22,7 @@ from trackmux.testing.toy import RegressionDataset, TinyRegressor  # noqa: E402
 from trackmux.trainer_callback import EVENTS  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent / "dropin_script.py"
-IMPORT = "from transformers import Trainer, TrainingArguments, set_seed"
+IMPORT = "from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed"
 TOLERANCE = 1e-5
 #: timings differ from run to run, by nature
 TIMING = ("runtime", "per_second")
@@ -33,9 +33,8 @@ def trackmux_script(directory: Path) -> Path:
     text = SCRIPT.read_text(encoding="utf-8")
     assert text.count(IMPORT) == 1
     path = directory / "dropin_script_trackmux.py"
-    path.write_text(
-        text.replace(IMPORT, "from trackmux import Trainer, TrainingArguments, set_seed")
-    )
+    swapped = IMPORT.replace("from transformers", "from trackmux")
+    path.write_text(text.replace(IMPORT, swapped), encoding="utf-8")
     return path
 
 
