@@ -677,6 +677,7 @@ class Trainer:
             self.model_wrapped = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=device_ids
             )
+        self._rng_file = None  # one left by a resume that had nothing to train
         if resume_from_checkpoint:
             self._load_checkpoint(resume_from_checkpoint)
         self._stateful_callbacks_to_state()
