@@ -215,7 +215,8 @@ def test_trackers_flush_at_every_save_and_identity_is_checkpointed(tmp_path):
     trainer.train()
     flushes = [i for i, call in enumerate(recorder.calls) if call == ("flush",)]
     assert len(flushes) >= 3  # saves at steps 2, 4, 6
-    saved = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
+    # trackmux's keys: beside trainer_state.json, which keeps transformers' schema (issue 16)
+    saved = json.loads((tmp_path / "out" / "checkpoint-2" / "trackmux_state.json").read_text())
     assert saved["tracker_runs"]["recorder"] == {"id": "run-1"}
     assert saved["run_name"] == trainer.state.run_name
 

@@ -16,7 +16,8 @@ CHECKPOINT_FILES = {
     "model.safetensors",
     "optimizer.pt",
     "scheduler.pt",
-    "rng_state_0.pth",
+    "rng_state.pth",  # transformers' name for a single process
+    "trackmux_state.json",
     "trainer_state.json",
 }
 

@@ -19,7 +19,7 @@ from .delivery import TrackerError, TrackerWorker
 from .hookspecs import PROJECT_NAME, hookimpl
 from .run import Run, choose_trackers, generated_run_name, safe_where
 from .tracker import FAILED, KILLED, SUCCESS, Tracker
-from .trainer_state import STATE_FILE_NAME, add_tracker_runs
+from .trainer_state import TRACKMUX_STATE_FILE_NAME, add_tracker_runs
 from .trainer_utils import get_last_checkpoint
 from .values import MetricFilter
 
@@ -188,7 +188,7 @@ class TrackerHub:
         starting = self.run.starting()
         if not starting or not args.should_save:
             return
-        self._unsettled[os.path.join(directory, STATE_FILE_NAME)] = starting
+        self._unsettled[os.path.join(directory, TRACKMUX_STATE_FILE_NAME)] = starting
         # one that resumed a run keeps that run's identity meanwhile
         state.tracker_runs_pending = [name for name in starting if name not in state.tracker_runs]
         for name in state.tracker_runs_pending:

@@ -9,10 +9,12 @@ Change the loop by subclassing: ``get_train_dataloader``, ``get_eval_dataloader`
 from __future__ import annotations
 
 import contextlib
+import inspect
+import itertools
 import logging
 import math
 import os
-import shutil
+import re
 import signal
 import sys
 import tempfile
@@ -25,7 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate
 from torch.utils.data.distributed import DistributedSampler
 
-from . import hookspecs
+from . import checkpoints, hookspecs
+from .checkpoints import CONFIG_NAME, OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, WEIGHTS_NAME
 from .distributed import DistributedContext
 from .trainer_callback import (
     CallbackHandler,
@@ -33,21 +36,16 @@ from .trainer_callback import (
     PrinterCallback,
     ProgressCallback,
 )
-from .trainer_state import STATE_FILE_NAME, ExportableState, TrainerControl, TrainerState
+from .trainer_state import STATE_FILE_NAME, TrainerControl, TrainerState
 from .trainer_utils import (
-    PREFIX_CHECKPOINT_DIR,
     TEMPORARY_SUFFIX,
     EvalPrediction,
     NonFiniteLossError,
     PredictionOutput,
     TrainOutput,
-    capture_rng_state,
-    damaged_state_file,
     get_last_checkpoint,
     get_scheduler,
-    restore_rng_state,
     set_seed,
-    sorted_checkpoints,
 )
 from .training_args import TRUTHY_ENV_VALUES, TrainingArguments
 
@@ -57,12 +55,6 @@ logger = logging.getLogger(__name__)
 _CALLBACKS_ONLY = object()
 #: reusable (nullcontext keeps no state): one fewer object per step without mixed precision
 _NO_AUTOCAST = contextlib.nullcontext()
-
-WEIGHTS_NAME = "model.safetensors"
-OPTIMIZER_NAME = "optimizer.pt"
-SCHEDULER_NAME = "scheduler.pt"
-SCALER_NAME = "scaler.pt"
-CONFIG_NAME = "config.json"
 
 
 class _ContiguousShardSampler(Sampler):
@@ -87,6 +79,59 @@ class _ContiguousShardSampler(Sampler):
 
     def __len__(self):
         return len(self.batches)
+
+
+class _EpochSeededSampler(Sampler):
+    """Shuffling as transformers does it (accelerate's seedable sampler): epoch ``e`` is
+    ``randperm(n)`` of a generator seeded with ``seed + e``, drawn when iteration starts."""
+
+    def __init__(self, dataset, seed: int):
+        self.length = len(dataset)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+    def __len__(self):
+        return self.length
+
+
+class _RemoveColumns:
+    """A collator wrapper that drops the keys of dict samples the model cannot take (a
+    class, not a closure: DataLoader workers may need to pickle it)."""
+
+    def __init__(self, collator, keep: frozenset):
+        self.collator = collator
+        self.keep = keep
+
+    def __call__(self, samples):
+        samples = [
+            {k: v for k, v in sample.items() if k in self.keep}
+            if isinstance(sample, dict)
+            else sample
+            for sample in samples
+        ]
+        return self.collator(samples)
+
+
+def _one_ahead(iterator):
+    """Yield ``iterator``'s items, each fetched once the one before it was: transformers'
+    data loader reads one batch ahead, so a collator that draws random numbers (masking)
+    draws them in the same order as there."""
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for following in iterator:
+        yield current
+        current = following
+    yield current
 
 
 class Trainer:
@@ -153,6 +198,10 @@ class Trainer:
         self._interrupts: _Interrupts | None = None  # while train() runs on the main thread
         self._holding_step = False
         self._autocast_dtype, self.scaler = self._mixed_precision()
+        self._inspect_model()
+        self._transformers_flow = self.args.transformers_flow
+        self._num_items_in_batch = None  # set per optimizer step, see compute_loss
+        self._rng_file: str | None = None  # the RNG state a resume restores, see _restore_rng
 
         self.state = TrainerState(
             is_local_process_zero=self.distributed.is_local_zero,
@@ -172,6 +221,29 @@ class Trainer:
         self._callback_plugin = None
         self._refresh_hooks()
         self._event("on_init_end")
+
+    def _inspect_model(self) -> None:
+        """What transformers reads off the model's ``forward``: the label names (its
+        arguments with "label" in the name, unless ``args.label_names`` says), whether it
+        returns a loss without labels (``return_loss=True``), whether it takes ``**kwargs``
+        (then it gets ``num_items_in_batch``)."""
+        try:
+            parameters = inspect.signature(type(self.model).forward).parameters
+        except (TypeError, ValueError):  # a forward without a signature (a C extension)
+            parameters = {}
+        self._forward_parameters = list(parameters)
+        names = self.args.label_names
+        if names is None:
+            question_answering = "QuestionAnswering" in type(self.model).__name__
+            answers = ("start_positions", "end_positions") if question_answering else ()
+            names = [p for p in parameters if "label" in p or p in answers]
+        self.label_names = list(names)
+        return_loss = parameters.get("return_loss")
+        self._can_return_loss = return_loss is not None and return_loss.default is True
+        accepts = getattr(self.model, "accepts_loss_kwargs", None)
+        if accepts is None:
+            accepts = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        self._model_accepts_loss_kwargs = bool(accepts)
 
     # ----------------------------------------------------------------- events and callbacks
 
@@ -271,36 +343,44 @@ class Trainer:
 
     # -------------------------------------------------------------------------- data
 
-    def _generator(self, seed: int) -> torch.Generator:
-        generator = torch.Generator()
-        generator.manual_seed(seed)
-        return generator
-
     def get_train_dataloader(self) -> DataLoader:
-        """The training DataLoader: shuffled with a generator seeded per epoch (so resuming
-        replays the same order), sharded with a DistributedSampler under torchrun."""
+        """The training DataLoader, shuffled as transformers shuffles: epoch ``e`` reads the
+        samples in ``randperm(n)`` order of a generator seeded with ``data_seed`` (else
+        ``seed``) plus ``e``, so a resume replays the same order; under torchrun a
+        DistributedSampler with the same seed shards it."""
         if self.train_dataset is None:
             raise ValueError("Trainer.train() needs a train_dataset")
         dataset = self.train_dataset
-        self._train_generator = self._generator(self.args.seed)
-        sampler = None
-        if not isinstance(dataset, IterableDataset) and self.distributed.enabled:
+        args = self.args
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        if isinstance(dataset, IterableDataset):
+            sampler = None  # read in the dataset's own order, as transformers does
+        elif self.distributed.enabled:
             sampler = DistributedSampler(
                 dataset,
                 num_replicas=self.distributed.world_size,
                 rank=self.distributed.rank,
                 shuffle=True,
-                seed=self.args.seed,
+                seed=seed,
             )
+        else:
+            sampler = _EpochSeededSampler(dataset, seed)
         return DataLoader(
             dataset,
-            batch_size=self.args.per_device_train_batch_size,
-            shuffle=sampler is None and not isinstance(dataset, IterableDataset),
+            batch_size=args.per_device_train_batch_size,
             sampler=sampler,
-            collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers,
-            generator=self._train_generator,
+            collate_fn=self._collate_fn(),
+            num_workers=args.dataloader_num_workers,
+            drop_last=args.dataloader_drop_last,
         )
+
+    def _collate_fn(self):
+        """The data collator, fed only the keys the model's ``forward`` takes (and the
+        labels) when ``remove_unused_columns`` (transformers' default)."""
+        if not self.args.remove_unused_columns or not self._forward_parameters:
+            return self.data_collator
+        keep = frozenset([*self._forward_parameters, "label", "label_ids", *self.label_names])
+        return _RemoveColumns(self.data_collator, keep)
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         """An evaluation DataLoader in dataset order (contiguous shards under torchrun)."""
@@ -326,41 +406,57 @@ class Trainer:
         return DataLoader(
             dataset,
             **batching,
-            collate_fn=self.data_collator,
+            collate_fn=self._collate_fn(),
             num_workers=self.args.dataloader_num_workers,
-            # A generator of its own: evaluating never shifts the global RNG training uses.
-            generator=self._generator(self.args.seed),
+            # no generator of its own: starting it draws a seed from the global generator,
+            # as in transformers, so an evaluation shifts training's random numbers alike
         )
 
-    def _set_epoch(self, dataloader: DataLoader, epoch: int) -> None:
-        self._train_generator.manual_seed(self.args.seed + epoch)
-        if isinstance(dataloader.sampler, DistributedSampler):
-            dataloader.sampler.set_epoch(epoch)
+    @staticmethod
+    def _set_epoch(dataloader: DataLoader, epoch: int) -> None:
+        set_epoch = getattr(dataloader.sampler, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
 
     # ------------------------------------------------------------ optimizer and schedule
 
     def create_optimizer(self):
-        """AdamW over the model's parameters; biases and norm weights (1-d tensors) get no
-        weight decay (one group when there is no decay: AdamW's cost is per group)."""
+        """AdamW over the model's parameters in transformers' two groups: weight decay for
+        all but biases and norm weights, none for those (the same groups, always both, so
+        the optimizer state crosses over to and from transformers' checkpoints)."""
         if self.optimizer is None:
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            if self.args.weight_decay:
-                groups = [
-                    {
-                        "params": [p for p in params if p.ndim >= 2],
-                        "weight_decay": self.args.weight_decay,
-                    },
-                    {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-                ]
-            else:
-                groups = [{"params": params, "weight_decay": 0.0}]
+            decay = set(self.get_decay_parameter_names(self.model))
+            trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            groups = [
+                {
+                    "params": [p for n, p in trainable if n in decay],
+                    "weight_decay": self.args.weight_decay,
+                },
+                {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
+            ]
             self.optimizer = torch.optim.AdamW(
-                [group for group in groups if group["params"]],
+                groups,
                 lr=self.args.learning_rate,
                 betas=(self.args.adam_beta1, self.args.adam_beta2),
                 eps=self.args.adam_epsilon,
             )
         return self.optimizer
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """The names of the parameters weight decay applies to, by transformers' rule: not
+        in a LayerNorm, not named like a bias or a norm."""
+        excluded = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+        in_layer_norm = {
+            f"{module_name}.{name}" if module_name else name
+            for module_name, module in model.named_modules()
+            if isinstance(module, torch.nn.LayerNorm)
+            for name, _ in module.named_parameters()
+        }
+        return [
+            name
+            for name, _ in model.named_parameters()
+            if name not in in_layer_norm and not excluded.search(name.lower())
+        ]
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """The learning-rate schedule of ``lr_scheduler_type`` with its warmup."""
@@ -382,6 +478,10 @@ class Trainer:
             return None, None
         dtype = torch.bfloat16 if self.args.bf16 else torch.float16
         kind = self.device.type
+        if kind == "cpu" and self.args.fp16:
+            # as transformers (accelerate): fp16 is a GPU setting, the CPU trains in fp32
+            logger.info("TrainingArguments.fp16=True on the CPU: training in fp32, as transformers")
+            return None, None
         if kind == "cuda" and self.args.bf16 and not torch.cuda.is_bf16_supported():
             raise ValueError(
                 "TrainingArguments.bf16=True but this GPU does not support bfloat16; "
@@ -446,8 +546,16 @@ class Trainer:
             )
         return loss
 
-    def compute_loss(self, model, inputs, return_outputs: bool = False):
-        """Forward ``inputs`` through ``model`` and return the loss (and the outputs)."""
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """Forward ``inputs`` through ``model`` and return the loss (and the outputs).
+
+        The one loss path, as in transformers: training, ``evaluate()`` and ``predict()``
+        (on labelled batches) all call it, so an override changes all three.
+        ``num_items_in_batch`` (the labels that count in this optimizer step) is passed to a
+        model whose ``forward`` takes ``**kwargs`` (transformers' rule), which then returns a
+        loss already scaled for gradient accumulation."""
+        if num_items_in_batch is not None and self._model_accepts_loss_kwargs:
+            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
         outputs = self._call_model(model, inputs)
         loss = self._loss_from(outputs)
         return (loss, outputs) if return_outputs else loss
@@ -458,9 +566,14 @@ class Trainer:
         if not model.training:  # after an evaluation; a no-op call costs a module walk
             model.train()
         inputs = self._prepare_inputs(inputs)
+        items = self._num_items_in_batch
         with self._autocast():
-            loss = self.compute_loss(model, inputs)
-        if accumulation_steps != 1:
+            if items is None:  # an override written without the argument still works
+                loss = self.compute_loss(model, inputs)
+            else:
+                loss = self.compute_loss(model, inputs, num_items_in_batch=items)
+        scaled = items is not None and self._model_accepts_loss_kwargs
+        if accumulation_steps != 1 and not scaled:
             loss = loss / accumulation_steps
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -469,27 +582,56 @@ class Trainer:
         return loss.detach()
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
-        """Evaluate one batch: returns ``(loss, logits, labels)``, each possibly None."""
+        """Evaluate one batch: returns ``(loss, logits, labels)``, each possibly None.
+
+        As transformers: when every one of ``label_names`` is in the batch, the loss comes
+        from ``compute_loss(model, inputs, return_outputs=True)``; without labels the model
+        runs alone and there is no loss. A batch that is not a mapping (a tuple or a tensor,
+        for a model called positionally) gives the model's own loss, or the override's."""
+        if isinstance(inputs, Mapping):
+            names = self.label_names
+            has_labels = bool(names) and all(inputs.get(name) is not None for name in names)
+            return_loss = inputs.get("return_loss")
+            if return_loss is None:
+                return_loss = self._can_return_loss
+            loss_without_labels = not names and bool(return_loss)
+        else:
+            names, has_labels = [], type(self).compute_loss is not Trainer.compute_loss
+            loss_without_labels = False
         inputs = self._prepare_inputs(inputs)
-        labels = inputs.get("labels") if isinstance(inputs, Mapping) else None
-        with torch.no_grad(), self._autocast():
-            outputs = self._call_model(model, inputs)
+        if ignore_keys is None:
+            config = getattr(self.model, "config", None)
+            ignore_keys = (
+                [] if config is None else getattr(config, "keys_to_ignore_at_inference", ["cache"])
+            )
+        labels = None
+        if has_labels or loss_without_labels:
+            found = tuple(_detached(inputs.get(name)) for name in names)
+            labels = found[0] if len(found) == 1 else (found or None)
         loss = None
-        with contextlib.suppress(ValueError):
-            loss = self._loss_from(outputs).detach()
+        with torch.no_grad(), self._autocast():
+            if has_labels or loss_without_labels:
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+                loss = loss.detach().mean()
+            else:
+                outputs = self._call_model(model, inputs)
+                if not isinstance(inputs, Mapping):  # positional: the model's own loss
+                    with contextlib.suppress(ValueError):
+                        loss = self._loss_from(outputs).detach()
         if prediction_loss_only:
-            return loss, None, labels
-        logits = self._logits_from(outputs, ignore_keys or [])
-        return loss, logits, labels
+            return loss, None, None
+        return loss, self._logits_from(outputs, ignore_keys, has_labels or loss is not None), labels
 
     @staticmethod
-    def _logits_from(outputs, ignore_keys):
+    def _logits_from(outputs, ignore_keys, has_loss: bool = True):
+        """What transformers gathers as predictions: the outputs but the loss and
+        ``ignore_keys`` (the whole tuple of a model that returned no loss)."""
         if isinstance(outputs, torch.Tensor):
             return None if outputs.ndim == 0 else outputs
         if isinstance(outputs, Mapping):
             values = [v for k, v in outputs.items() if k not in ("loss", *ignore_keys)]
         elif isinstance(outputs, tuple | list):
-            values = list(outputs[1:])
+            values = list(outputs[1:] if has_loss else outputs)
         else:
             logits = getattr(outputs, "logits", None)
             values = [logits] if logits is not None else []
@@ -535,6 +677,7 @@ class Trainer:
             self.model_wrapped = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=device_ids
             )
+        self._rng_file = None  # one left by a resume that had nothing to train
         if resume_from_checkpoint:
             self._load_checkpoint(resume_from_checkpoint)
         self._stateful_callbacks_to_state()
@@ -613,7 +756,7 @@ class Trainer:
                 "written; the last regular checkpoint is the one to resume from"
             )
             return
-        directory = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        directory = checkpoints.checkpoint_directory(args.output_dir, state.global_step)
         if os.path.isfile(os.path.join(directory, STATE_FILE_NAME)):
             logger.warning("save_on_interrupt: %s is already saved", directory)
             return
@@ -686,20 +829,27 @@ class Trainer:
         self._last_logged_step = state.global_step
         self._total_loss = 0.0
         self._last_grad_norm = None
+        self._last_learning_rate = self.lr_scheduler.get_last_lr()[0]
         self.control._new_training()
         self._event("on_train_begin")
 
         first_epoch = state.global_step // updates_per_epoch
         skip_updates = state.global_step % updates_per_epoch
+        batches_per_epoch = plan["batches_per_epoch"]
         for epoch in range(first_epoch, plan["num_train_epochs"]):
-            # a resume from the last checkpoint has nothing left to train
-            if self.control.should_training_stop or state.global_step >= state.max_steps:
+            # a resume from the last checkpoint has nothing left to train; transformers
+            # looks at should_training_stop after an epoch, not before the first one
+            first = epoch == first_epoch and self._transformers_flow
+            stop = self.control.should_training_stop and not first
+            if stop or state.global_step >= state.max_steps:
                 break
             self._set_epoch(self.train_dataloader, epoch)
             self.control._new_epoch()
             self._event("on_epoch_begin")
-            batches = iter(self.train_dataloader)
-            remaining = plan["batches_per_epoch"]
+            if not skip_updates:
+                self._restore_rng()  # a resume at an epoch's start
+            batches = _one_ahead(iter(self.train_dataloader))
+            remaining = batches_per_epoch
             update_in_epoch = 0
             if skip_updates:
                 for _ in range(skip_updates * accumulation):
@@ -714,7 +864,11 @@ class Trainer:
                 if remaining is not None:
                     remaining -= window
                 update_in_epoch += 1
-                state.epoch = epoch + update_in_epoch / updates_per_epoch
+                # transformers' fraction: batches read, so an uneven last window counts less
+                if batches_per_epoch is None:
+                    state.epoch = epoch + update_in_epoch / updates_per_epoch
+                else:
+                    state.epoch = epoch + (batches_per_epoch - remaining) / batches_per_epoch
                 self._event("on_step_end")
                 self._maybe_log_save_evaluate()
                 if self.control.should_epoch_stop or self.control.should_training_stop:
@@ -756,15 +910,17 @@ class Trainer:
         return TrainOutput(state.global_step, train_loss, metrics)
 
     def _optimizer_step(self, model, batches, window: int) -> bool:
-        """Run one optimizer step over ``window`` micro-batches; False if data ran out."""
+        """Run one optimizer step over ``window`` micro-batches; False if data ran out (or,
+        with ``transformers_flow``, a callback stopped between micro-batches)."""
+        inputs_window = list(itertools.islice(batches, window))  # read first, as transformers
+        self._restore_rng()  # a resume in the middle of an epoch, once its batches are read
+        if not inputs_window:
+            return False
+        self._num_items_in_batch = self._count_label_items(inputs_window)
         self.control._new_step()
         self._event("on_step_begin")
         step_loss = None
-        for index in range(window):
-            try:
-                inputs = next(batches)
-            except StopIteration:
-                return False
+        for index, inputs in enumerate(inputs_window):
             last = index == window - 1
             if not last and self.distributed.enabled:
                 with model.no_sync():  # gradients are all-reduced once, on the last one
@@ -775,16 +931,22 @@ class Trainer:
             step_loss = loss if step_loss is None else step_loss + loss
             if not last:
                 self._event("on_substep_end")
+                if self._transformers_flow and (
+                    self.control.should_epoch_stop or self.control.should_training_stop
+                ):
+                    return False  # transformers reads the flags after every micro-batch
+        if len(inputs_window) < window:
+            return False
         finite = torch.isfinite(step_loss)
         self._nonfinite_steps += ~finite  # stays on the device: read at a log, or the end
         if self.args.stop_on_nonfinite_loss:
             self._stop_if_nonfinite(finite, step_loss)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if self.args.max_grad_norm:
-            self._last_grad_norm = torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), self.args.max_grad_norm
-            )
+        # the norm before clipping, logged as grad_norm even without clipping (transformers)
+        self._last_grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.args.max_grad_norm or math.inf
+        )
         self._event("on_pre_optimizer_step")
         # from here until the step is logged, a signal waits: an interrupt checkpoint then
         # holds whole steps, each of them logged
@@ -792,17 +954,36 @@ class Trainer:
         if interrupts is not None:
             interrupts.hold()
             self._holding_step = True
+        skipped = False
         if self.scaler is not None:
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            skipped = self.scaler.get_scale() < scale  # inf/NaN gradients: no update
         else:
             self.optimizer.step()
         self._event("on_optimizer_step")
-        self.lr_scheduler.step()
+        # logged as learning_rate: the rate this step used (transformers)
+        self._last_learning_rate = self.lr_scheduler.get_last_lr()[0]
+        if not skipped:  # the schedule follows the updates made (transformers)
+            self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.global_step += 1
         self._steps_since_log += 1
         return True
+
+    def _count_label_items(self, window: list):
+        """transformers' ``num_items_in_batch``: the labels (not -100) in the micro-batches
+        of one optimizer step, counted only for a model that takes it (``**kwargs``)."""
+        if not self._model_accepts_loss_kwargs:
+            return None
+        if not all(isinstance(inputs, Mapping) and "labels" in inputs for inputs in window):
+            return None
+        try:
+            count = sum(inputs["labels"].ne(-100).sum() for inputs in window)
+        except (TypeError, AttributeError):
+            return None
+        return count.to(self.device)
 
     def _stop_if_nonfinite(self, finite: torch.Tensor, step_loss: torch.Tensor) -> None:
         """stop_on_nonfinite_loss: one sync per step (all ranks agree), before the optimizer
@@ -849,7 +1030,7 @@ class Trainer:
             logs = {"loss": loss / self._steps_since_log}
             if self._last_grad_norm is not None:
                 logs["grad_norm"] = float(self._last_grad_norm)
-            logs["learning_rate"] = self.lr_scheduler.get_last_lr()[0]
+            logs["learning_rate"] = self._last_learning_rate
             self._total_loss += loss
             self._loss_since_log.zero_()
             self._steps_since_log = 0
@@ -925,9 +1106,9 @@ class Trainer:
             return metrics
         with self.trackers.session("evaluate"):
             dataloader = self.get_eval_dataloader(dataset)
-            output = self._prediction_loop(
-                dataloader, metric_key_prefix, ignore_keys, self.compute_metrics is None
-            )
+            # no predictions to gather without metrics to compute from them (transformers)
+            loss_only = True if self.compute_metrics is None else None
+            output = self._prediction_loop(dataloader, metric_key_prefix, ignore_keys, loss_only)
             self.log(output.metrics)
             self._event("on_evaluate", metrics=output.metrics)
             return output.metrics
@@ -936,13 +1117,19 @@ class Trainer:
         """Predict on ``test_dataset``: returns predictions, label_ids and metrics."""
         with self.trackers.session("predict"):
             dataloader = self.get_test_dataloader(test_dataset)
-            output = self._prediction_loop(dataloader, metric_key_prefix, ignore_keys, False)
+            output = self._prediction_loop(dataloader, metric_key_prefix, ignore_keys, None)
             self._event("on_predict", metrics=output.metrics)
             return output
 
     def _prediction_loop(
-        self, dataloader, prefix: str, ignore_keys, prediction_loss_only: bool
+        self, dataloader, prefix: str, ignore_keys, prediction_loss_only: bool | None
     ) -> PredictionOutput:
+        """``prediction_loss_only=None`` takes ``args.prediction_loss_only``. Every
+        ``eval_accumulation_steps`` batches, the predictions gathered so far move to the CPU
+        (less device memory, as in transformers)."""
+        if prediction_loss_only is None:
+            prediction_loss_only = self.args.prediction_loss_only
+        offload_every = self.args.eval_accumulation_steps
         self.eval_dataloader = dataloader
         model = self.model
         model.eval()
@@ -970,6 +1157,9 @@ class Trainer:
             if labels is not None and not prediction_loss_only:
                 label_parts.append(labels.detach())
             self._event("on_prediction_step")
+            if offload_every and batches % offload_every == 0:
+                logits_parts = _to_cpu(logits_parts)
+                label_parts = _to_cpu(label_parts)
         runtime = time.time() - start
         totals = self.distributed.mean(
             torch.stack([loss_sum, torch.tensor(float(samples), device=self.device)])
@@ -980,7 +1170,8 @@ class Trainer:
         length = _dataset_length(dataloader.dataset)
         predictions = self._gather(logits_parts, length)
         label_ids = self._gather(label_parts, length)
-        if self.compute_metrics is not None and predictions is not None:
+        # transformers: no metrics without labels (predict() on unlabelled data)
+        if self.compute_metrics is not None and predictions is not None and label_ids is not None:
             metrics.update(self.compute_metrics(EvalPrediction(predictions, label_ids)))
         total_samples = length if length is not None else samples * self.distributed.world_size
         metrics["runtime"] = runtime
@@ -996,7 +1187,9 @@ class Trainer:
     def _gather(self, parts, length):
         if not parts or not isinstance(parts[0], torch.Tensor):
             return None
-        tensor = self.distributed.gather(torch.cat(parts, dim=0))
+        tensor = torch.cat(parts, dim=0)
+        if self.distributed.enabled:  # parts offloaded to the CPU come back for the gather
+            tensor = self.distributed.gather(tensor.to(self.device))
         if length is not None:
             tensor = tensor[:length]
         return tensor.float().cpu().numpy() if tensor.is_floating_point() else tensor.cpu().numpy()
@@ -1011,7 +1204,8 @@ class Trainer:
             os.makedirs(output_dir, exist_ok=True)
             from safetensors.torch import save_model
 
-            save_model(self.model, os.path.join(output_dir, WEIGHTS_NAME))
+            # the metadata transformers' loaders look for
+            save_model(self.model, os.path.join(output_dir, WEIGHTS_NAME), {"format": "pt"})
             config = getattr(self.model, "config", None)
             if config is not None and hasattr(config, "to_json_file"):
                 config.to_json_file(os.path.join(output_dir, CONFIG_NAME))
@@ -1026,15 +1220,16 @@ class Trainer:
         included, the trainer state last) goes into ``checkpoint-<step>.tmp``, which is
         renamed to its final name only when complete; a save cut short leaves no directory
         that resume could pick. The trackers' state names the final directory (the hub may
-        add identities to its trainer_state.json later: it is there by then)."""
-        args, state = self.args, self.state
-        directory = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        add identities to its trackmux_state.json later: it is there by then). The layout is
+        transformers' (see :mod:`trackmux.checkpoints`)."""
+        args, state, distributed = self.args, self.state, self.distributed
+        directory = checkpoints.checkpoint_directory(args.output_dir, state.global_step)
         staging = directory + TEMPORARY_SUFFIX
         self.trackers.before_checkpoint(directory)
         if args.should_save:
-            _remove(staging)  # left by a save that was cut short
+            checkpoints.remove(staging)  # left by a save that was cut short
             os.makedirs(staging)
-        self.distributed.barrier()  # cleaned before any rank writes into it
+        distributed.barrier()  # cleaned before any rank writes into it
         os.makedirs(staging, exist_ok=True)  # a rank whose output_dir is not shared
         if args.should_save:
             self.save_model(staging)
@@ -1042,48 +1237,29 @@ class Trainer:
             torch.save(self.lr_scheduler.state_dict(), os.path.join(staging, SCHEDULER_NAME))
             if self.scaler is not None:
                 torch.save(self.scaler.state_dict(), os.path.join(staging, SCALER_NAME))
-        rank_file = f"rng_state_{self.distributed.rank}.pth"
-        torch.save(capture_rng_state(), os.path.join(staging, rank_file))
+        rng_file = checkpoints.rng_file_name(distributed.rank, distributed.world_size)
+        rng_state = checkpoints.capture_rng_state(distributed.enabled)
+        torch.save(rng_state, os.path.join(staging, rng_file))
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = directory
         self._stateful_callbacks_to_state()
-        self.distributed.barrier()  # every rank's files are in before the rename
+        distributed.barrier()  # every rank's files are in before the rename
         if args.should_save:
-            state.save_to_json(os.path.join(staging, STATE_FILE_NAME))
-            _publish(staging, directory)
-            self._rotate_checkpoints()
-        self.distributed.barrier()
+            checkpoints.save_state(state, staging)
+            checkpoints.publish(staging, directory)
+            checkpoints.rotate(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
+        distributed.barrier()
         if not args.should_save and os.path.isdir(staging):
             # this rank's output_dir is not the main process's: publish its own files
-            _publish(staging, directory)
+            checkpoints.publish(staging, directory)
         return directory
 
     def _stateful_callbacks_to_state(self) -> None:
-        """Record callback states, keyed by class name; several instances make a list that is
-        rebuilt (not appended to) on every save."""
-        stateful: dict = {}
-        for callback in self.callback_handler.callbacks:
-            if isinstance(callback, ExportableState):
-                stateful.setdefault(type(callback).__name__, []).append(callback.state())
-        self.state.stateful_callbacks = {
-            name: states[0] if len(states) == 1 else states for name, states in stateful.items()
-        }
-
-    def _rotate_checkpoints(self) -> None:
-        limit = self.args.save_total_limit
-        if not limit:
-            return
-        checkpoints = sorted_checkpoints(self.args.output_dir)
-        most_recent = checkpoints[-1] if checkpoints else None
-        best = self.state.best_model_checkpoint
-        if best in checkpoints:  # the best one is kept: move it to the kept end
-            checkpoints.remove(best)
-            checkpoints.append(best)
-            if limit == 1 and best != most_recent:  # keep the best and the one to resume from
-                limit = 2
-        for directory in checkpoints[: max(0, len(checkpoints) - limit)]:
-            logger.info("Deleting older checkpoint %s (save_total_limit=%s)", directory, limit)
-            shutil.rmtree(directory, ignore_errors=True)
+        """Record the callbacks' and the control's states, keyed by class name; several
+        instances make a list that is rebuilt (not appended to) on every save."""
+        self.state.stateful_callbacks = checkpoints.callback_states(
+            self.callback_handler.callbacks, self.control
+        )
 
     def _load_model_weights(self, directory: str) -> None:
         from safetensors.torch import load_model
@@ -1091,32 +1267,24 @@ class Trainer:
         load_model(self.model, os.path.join(directory, WEIGHTS_NAME), device=str(self.device))
 
     def _load_checkpoint(self, directory: str) -> None:
-        """Restore everything a checkpoint holds; only tensors and plain data are unpickled
-        (``weights_only=True``), never arbitrary objects."""
-        state_file = os.path.join(directory, STATE_FILE_NAME)
-        if not os.path.isfile(state_file):
-            raise ValueError(
-                f"resume_from_checkpoint={directory!r} is not a trackmux checkpoint (no "
-                f"{STATE_FILE_NAME}); pass a checkpoint-<step> directory or True"
-            )
-        problem = damaged_state_file(state_file)
-        if problem is not None:
-            raise ValueError(
-                f"resume_from_checkpoint={directory!r}: its {STATE_FILE_NAME} {problem}; pass "
-                "an older checkpoint, or True for the newest intact one"
-            )
+        """Restore what a checkpoint (trackmux's or transformers') holds but the RNG state,
+        which the training loop restores where transformers does (see ``_restore_rng``)."""
+        checkpoints.check_state_file(directory)
         self._load_model_weights(directory)
 
         def load(name):
-            return torch.load(
-                os.path.join(directory, name), map_location=self.device, weights_only=True
-            )
+            return checkpoints.load_tensors(os.path.join(directory, name), self.device)
 
-        self.optimizer.load_state_dict(load(OPTIMIZER_NAME))
-        self.lr_scheduler.load_state_dict(load(SCHEDULER_NAME))
+        optimizer_state = load(OPTIMIZER_NAME)
+        optimizer_state = checkpoints.fit_optimizer_state(
+            optimizer_state, self.optimizer, self.model
+        )
+        self.optimizer.load_state_dict(optimizer_state)
+        scheduler_state = checkpoints.fit_scheduler_state(load(SCHEDULER_NAME), self.optimizer)
+        self.lr_scheduler.load_state_dict(scheduler_state)
         if self.scaler is not None and os.path.isfile(os.path.join(directory, SCALER_NAME)):
             self.scaler.load_state_dict(load(SCALER_NAME))
-        loaded = TrainerState.load_from_json(state_file)
+        loaded = checkpoints.load_state(directory)
         loaded.is_local_process_zero = self.distributed.is_local_zero
         loaded.is_world_process_zero = self.distributed.is_world_zero
         if loaded.best_model_checkpoint and not os.path.isdir(loaded.best_model_checkpoint):
@@ -1137,49 +1305,25 @@ class Trainer:
         loaded.max_steps = self.state.max_steps
         loaded.num_train_epochs = self.state.num_train_epochs
         self.state = loaded
-        self._restore_callback_states(loaded.stateful_callbacks)
-        rng_file = os.path.join(directory, f"rng_state_{self.distributed.rank}.pth")
-        if os.path.isfile(rng_file):
-            restore_rng_state(torch.load(rng_file, weights_only=True))
-        else:
-            logger.warning("no RNG state for rank %s in %s", self.distributed.rank, directory)
+        checkpoints.restore_callback_states(
+            self.callback_handler.callbacks, self.control, loaded.stateful_callbacks
+        )
+        distributed = self.distributed
+        self._rng_file = checkpoints.find_rng_file(
+            directory, distributed.rank, distributed.world_size
+        )
+        if self._rng_file is None:
+            logger.warning("no RNG state for rank %s in %s", distributed.rank, directory)
 
-    def _restore_callback_states(self, stateful: dict) -> None:
-        """Give live callbacks their saved attributes back (matched by class name, in order
-        when several instances of a class were saved)."""
-        seen: dict[str, int] = {}
-        for callback in self.callback_handler.callbacks:
-            if not isinstance(callback, ExportableState):
-                continue
-            name = type(callback).__name__
-            saved = stateful.get(name)
-            if isinstance(saved, list):
-                index = seen.get(name, 0)
-                seen[name] = index + 1
-                saved = saved[index] if index < len(saved) else None
-            if isinstance(saved, dict):
-                for attribute, value in saved.get("attributes", {}).items():
-                    setattr(callback, attribute, value)
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
-def _publish(staging: str, directory: str) -> None:
-    """Rename the complete ``staging`` directory to ``directory``; one already there (the
-    same step saved again) is moved aside first and removed after."""
-    if not os.path.lexists(directory):
-        os.rename(staging, directory)
-        return
-    old = f"{directory}{TEMPORARY_SUFFIX}-old"
-    _remove(old)
-    os.rename(directory, old)
-    os.rename(staging, directory)
-    _remove(old)
+    def _restore_rng(self) -> None:
+        """The RNG state of the checkpoint resumed from, once: after the data loader of the
+        resumed epoch has started (it draws its base seed from the global generator) and its
+        trained batches were skipped, as transformers does, so the steps after the resume
+        draw the numbers the uninterrupted run drew."""
+        if self._rng_file is None:
+            return
+        path, self._rng_file = self._rng_file, None
+        checkpoints.restore_rng_state(checkpoints.load_tensors(path), self.distributed.enabled)
 
 
 def _batch_size(inputs) -> int:
@@ -1195,6 +1339,14 @@ def _batch_size(inputs) -> int:
         if isinstance(value, torch.Tensor) and value.ndim:
             return value.shape[0]
     return 1
+
+
+def _to_cpu(parts: list) -> list:
+    return [part.cpu() if isinstance(part, torch.Tensor) else part for part in parts]
+
+
+def _detached(value):
+    return value.detach() if isinstance(value, torch.Tensor) else value
 
 
 def _dataset_length(dataset):

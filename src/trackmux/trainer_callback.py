@@ -233,7 +233,8 @@ class DefaultFlowCallback(TrainerCallback):
     """Decides when to log, evaluate, save and stop, from the TrainingArguments strategies.
 
     On top of Hugging Face's rules, the last step is always logged when the logging strategy
-    is "steps", so the final loss is never missing from a tracker.
+    is "steps", so the final loss is never missing from a tracker; not with
+    ``TrainingArguments.transformers_flow``, which keeps transformers' rules exactly.
     """
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -249,7 +250,7 @@ class DefaultFlowCallback(TrainerCallback):
             control.should_save = True
         if step >= state.max_steps:
             control.should_training_stop = True
-            if args.logging_strategy == "steps":
+            if args.logging_strategy == "steps" and not getattr(args, "transformers_flow", False):
                 control.should_log = True
             if args.eval_strategy == "steps":
                 control.should_evaluate = True

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STATE_FILE_NAME = "trainer_state.json"
+#: trackmux's own keys of a checkpoint's state (run name, tracker run identities), kept out
+#: of trainer_state.json so that file is exactly transformers' (see trackmux.checkpoints)
+TRACKMUX_STATE_FILE_NAME = "trackmux_state.json"
 
 
 class ExportableState:

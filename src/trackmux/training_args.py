@@ -311,6 +311,19 @@ def _check_optional_str(name: str) -> Checker:
     return check
 
 
+def _check_str_list(name: str) -> Checker:
+    expected = "None or a list of str"
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return list(value)
+        raise _type_error(name, value, expected)
+
+    return check
+
+
 def _check_max_steps(value: Any) -> Any:
     expected = "-1 (train for num_train_epochs) or an int > 0"
     if not _is_int(value):
@@ -381,6 +394,16 @@ _FIELD_CHECKS: dict[str, Checker] = {
     "journal_errors": _check_choice("journal_errors", JOURNAL_ERROR_MODES),
     "run_journal": _check_bool("run_journal"),
     "stop_on_nonfinite_loss": _check_bool("stop_on_nonfinite_loss"),
+    # issue 16 loop fields
+    "label_names": _check_str_list("label_names"),
+    "data_seed": _check_int(
+        "data_seed", low=0, high=_SEED_LIMIT, high_inclusive=False, optional=True
+    ),
+    "eval_accumulation_steps": _check_int("eval_accumulation_steps", low=1, optional=True),
+    "prediction_loss_only": _check_bool("prediction_loss_only"),
+    "remove_unused_columns": _check_bool("remove_unused_columns"),
+    "dataloader_drop_last": _check_bool("dataloader_drop_last"),
+    "transformers_flow": _check_bool("transformers_flow"),
 }
 
 # Fields that validate() may fill in from other fields (as Hugging Face does in __post_init__).
@@ -422,6 +445,20 @@ def resolve_steps(value: float, max_steps: int) -> int:
             f"max_steps must be > 0, got max_steps={max_steps!r}"
         )
     return _ceil(value * max_steps)
+
+
+def _check_bf16_device() -> None:
+    """bf16 without ``use_cpu`` needs a GPU that computes in bfloat16; transformers refuses
+    the arguments otherwise, and so does this (the check imports torch, only then)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return
+    raise ValueError(
+        f"{_CLS}.bf16=True needs a GPU with bfloat16 support and this machine has none; set "
+        "use_cpu=True to train in bfloat16 on the CPU, or bf16=False (as transformers, which "
+        "refuses these arguments too)"
+    )
 
 
 def _env_int(name: str, default: int, low: int) -> int:
@@ -523,6 +560,15 @@ class TrainingArguments:
     journal_errors: str = "retry"
     run_journal: bool = True
     stop_on_nonfinite_loss: bool = False
+
+    # issue 16 loop fields (transformers' names and defaults; transformers_flow is trackmux's)
+    label_names: list[str] | None = None
+    data_seed: int | None = None
+    eval_accumulation_steps: int | None = None
+    prediction_loss_only: bool = False
+    remove_unused_columns: bool = True
+    dataloader_drop_last: bool = False
+    transformers_flow: bool = False
 
     # ----------------------------------------------------------------------------------------
 
@@ -628,6 +674,8 @@ class TrainingArguments:
                 f"{_CLS}.fp16=True and {_CLS}.bf16=True are not allowed together; "
                 "enable at most one of fp16 and bf16"
             )
+        if self.bf16 and not self.use_cpu:
+            _check_bf16_device()
 
         if self.max_steps == -1 and self.num_train_epochs == 0:
             raise ValueError(

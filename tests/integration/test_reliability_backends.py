@@ -204,7 +204,9 @@ def test_an_interrupt_closes_every_backend_as_killed(
     assert run.info.status == "KILLED", child
     assert board["statuses"] == ["killed"], child
     assert wandb_run.exit_codes == [130], child  # non-zero: W&B shows it as failed/killed
-    state = json.loads((tmp_path / "out" / f"checkpoint-{sent}" / "trainer_state.json").read_text())
+    state = json.loads(
+        (tmp_path / "out" / f"checkpoint-{sent}" / "trackmux_state.json").read_text()
+    )
     assert state["global_step"] == sent
     assert set(state["tracker_runs"]) == {"jsonl", "mlflow", "tensorboard", "wandb"}
     assert state["tracker_runs"]["mlflow"]["run_id"] == run.info.run_id

@@ -59,7 +59,8 @@ def test_an_interrupt_closes_every_tracker_as_killed(tmp_path, record_property, 
     checkpoint = tmp_path / f"checkpoint-{sent}"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["global_step"] == sent
-    assert state["tracker_runs"]["recorder"] == {"id": "recorder-run"}
+    identities = json.loads((checkpoint / "trackmux_state.json").read_text())["tracker_runs"]
+    assert identities["recorder"] == {"id": "recorder-run"}
     assert (checkpoint / "model.safetensors").is_file()
 
 

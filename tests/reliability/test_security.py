@@ -30,7 +30,7 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-@pytest.mark.parametrize("victim", ["optimizer.pt", "scheduler.pt", "rng_state_0.pth"])
+@pytest.mark.parametrize("victim", ["optimizer.pt", "scheduler.pt", "rng_state.pth"])
 def test_a_checkpoint_with_pickled_code_is_refused_without_running_it(tmp_path, victim):
     make_trainer(tmp_path, save_strategy="steps", save_steps=3).train()
     checkpoint = tmp_path / "checkpoint-3"
@@ -198,7 +198,7 @@ def test_a_credentialed_uri_is_redacted_in_checkpoints_sync_state_journal_and_ou
     trainer = make_trainer(tmp_path / "out", [Credentialed()], save_strategy="steps", save_steps=3)
     trainer.hyperparameters = {"tracking_uri": CREDENTIALED_URI}
     trainer.train()
-    state = json.loads((tmp_path / "out" / "checkpoint-6" / "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "out" / "checkpoint-6" / "trackmux_state.json").read_text())
     saved = state["tracker_runs"]["credentialed"]
     assert saved == {"run_id": "r-1", "tracking_uri": "http://alice:***@127.0.0.1:5000"}
     assert trainer.state.tracker_runs["credentialed"] == saved

@@ -421,7 +421,7 @@ def test_checkpoint_naming_another_store_opens_a_new_run_in_the_configured_one(
     first = MlflowTracker(tracking_uri=mlflow_server, experiment_name=experiment)
     run_training(out, first)
     checkpoint = out / "checkpoint-4"
-    state_file = checkpoint / "trainer_state.json"
+    state_file = checkpoint / "trackmux_state.json"  # the trackers' run identities
     state = json.loads(state_file.read_text())
     assert state["tracker_runs"]["mlflow"]["run_id"] == first.run_id
 
@@ -514,7 +514,7 @@ def test_a_password_in_the_tracking_uri_is_never_written_or_printed(
     for path in out.rglob("*"):
         if path.is_file():
             assert b"PASSWORD" not in path.read_bytes(), path
-    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    state = json.loads((out / "checkpoint-8" / "trackmux_state.json").read_text())
     assert state["tracker_runs"]["mlflow"]["run_id"] == tracker.run_id
     data = read_run(mlflow_server, tracker.run_id)
     assert data.status == "success"

@@ -154,11 +154,12 @@ def run_training(
 
 
 def replace_tracker_identity(checkpoint, name: str, identity) -> dict | None:
-    """Edit ``checkpoint``'s trainer_state.json as someone else could: the run identity of
-    tracker ``name`` becomes ``identity``. Returns the identity it replaced (as stored)."""
+    """Edit ``checkpoint``'s trackmux_state.json (where the trackers' run identities are
+    kept) as someone else could: the run identity of tracker ``name`` becomes
+    ``identity``. Returns the identity it replaced (as stored)."""
     import json
 
-    state_file = Path(checkpoint) / "trainer_state.json"
+    state_file = Path(checkpoint) / "trackmux_state.json"
     state = json.loads(state_file.read_text(encoding="utf-8"))
     replaced = state["tracker_runs"].get(name)
     state["tracker_runs"][name] = identity
