@@ -133,7 +133,9 @@ def test_field_set_and_order():
 
 def test_choice_constants():
     assert SCHEDULER_TYPES[:2] == ("linear", "cosine")
-    assert {"constant", "constant_with_warmup", "polynomial", "inverse_sqrt"} <= set(SCHEDULER_TYPES)
+    assert {"constant", "constant_with_warmup", "polynomial", "inverse_sqrt"} <= set(
+        SCHEDULER_TYPES
+    )
     assert INTERVAL_STRATEGIES == ("no", "steps", "epoch")
     assert SAVE_STRATEGIES == ("no", "steps", "epoch", "best")
     assert TRACKER_ARTIFACT_POLICIES == ("none", "end", "checkpoint", "best", "last")

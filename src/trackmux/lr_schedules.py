@@ -18,7 +18,7 @@ import functools
 import math
 from typing import Any
 
-__all__ = ["METRIC_DRIVEN", "SCHEDULER_TYPES", "GreedyLR", "get_scheduler"]
+__all__ = ["METRIC_DRIVEN", "SCHEDULER_TYPES", "GreedyLR", "get_scheduler", "is_metric_driven"]
 
 SCHEDULER_TYPES: tuple[str, ...] = (
     "linear",
@@ -206,9 +206,7 @@ def _lambdas(name: str, optimizer, warmup: int, total: int, kwargs: dict) -> Any
                 f"lr_scheduler_type='polynomial': lr_end ({lr_end}) must be smaller than the "
                 f"initial learning rate ({lr_init}); lower lr_scheduler_kwargs['lr_end']"
             )
-        return functools.partial(
-            _polynomial, **common, lr_end=lr_end, power=power, lr_init=lr_init
-        )
+        return functools.partial(_polynomial, **common, lr_end=lr_end, power=power, lr_init=lr_init)
     common["num_cycles"] = kwargs.pop("num_cycles", 0.5)
     common["min_lr_rate"] = _min_lr_rate(
         optimizer, kwargs.pop("min_lr", None), kwargs.pop("min_lr_rate", None), name
@@ -288,6 +286,14 @@ def get_scheduler(
         return GreedyLR(optimizer, **kwargs)
     factor = _lambdas(name, optimizer, num_warmup_steps, num_training_steps, kwargs)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def is_metric_driven(scheduler) -> bool:
+    """Whether ``scheduler`` steps on a metric (``ReduceLROnPlateau``, :class:`GreedyLR`)
+    rather than once per optimizer step."""
+    import torch
+
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau | GreedyLR)
 
 
 class _StreamingAverage:

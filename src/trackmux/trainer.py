@@ -27,11 +27,20 @@ from torch.utils.data.distributed import DistributedSampler
 
 from . import hookspecs
 from .distributed import DistributedContext
+from .lr_schedules import get_scheduler, is_metric_driven
+from .optimizers import create_optimizer
 from .trainer_callback import (
     CallbackHandler,
     DefaultFlowCallback,
     PrinterCallback,
     ProgressCallback,
+)
+from .trainer_compat import (
+    TransformersMethods,
+    apply_runtime_options,
+    compile_model,
+    dataloader_options,
+    ddp_options,
 )
 from .trainer_state import STATE_FILE_NAME, ExportableState, TrainerControl, TrainerState
 from .trainer_utils import (
@@ -44,7 +53,6 @@ from .trainer_utils import (
     capture_rng_state,
     damaged_state_file,
     get_last_checkpoint,
-    get_scheduler,
     restore_rng_state,
     set_seed,
     sorted_checkpoints,
@@ -89,7 +97,7 @@ class _ContiguousShardSampler(Sampler):
         return len(self.batches)
 
 
-class Trainer:
+class Trainer(TransformersMethods):
     """Train, evaluate and predict with a PyTorch model, emitting every event to callbacks,
     plugins and trackers.
 
@@ -134,9 +142,10 @@ class Trainer:
         set_seed(self.args.seed)
         self.distributed = DistributedContext.from_env()
         self.device = self.args.device
-        self.distributed.initialise(self.device)
+        self.distributed.initialise(self.device, self.args.ddp_backend, self.args.ddp_timeout)
 
         self.model = model.to(self.device)
+        apply_runtime_options(self)
         self.model_wrapped = self.model
         self.data_collator = data_collator if data_collator is not None else default_collate
         self.train_dataset = train_dataset
@@ -298,8 +307,8 @@ class Trainer:
             shuffle=sampler is None and not isinstance(dataset, IterableDataset),
             sampler=sampler,
             collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers,
             generator=self._train_generator,
+            **dataloader_options(self.args, self.device, dataset),
         )
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
@@ -327,7 +336,7 @@ class Trainer:
             dataset,
             **batching,
             collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers,
+            **dataloader_options(self.args, self.device, dataset),
             # A generator of its own: evaluating never shifts the global RNG training uses.
             generator=self._generator(self.args.seed),
         )
@@ -339,27 +348,11 @@ class Trainer:
 
     # ------------------------------------------------------------ optimizer and schedule
 
-    def create_optimizer(self):
-        """AdamW over the model's parameters; biases and norm weights (1-d tensors) get no
-        weight decay (one group when there is no decay: AdamW's cost is per group)."""
+    def create_optimizer(self, model=None):
+        """The optimizer of ``args.optim`` (see :mod:`trackmux.optimizers`), unless one was
+        given to ``Trainer(optimizers=...)``."""
         if self.optimizer is None:
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            if self.args.weight_decay:
-                groups = [
-                    {
-                        "params": [p for p in params if p.ndim >= 2],
-                        "weight_decay": self.args.weight_decay,
-                    },
-                    {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-                ]
-            else:
-                groups = [{"params": params, "weight_decay": 0.0}]
-            self.optimizer = torch.optim.AdamW(
-                [group for group in groups if group["params"]],
-                lr=self.args.learning_rate,
-                betas=(self.args.adam_beta1, self.args.adam_beta2),
-                eps=self.args.adam_epsilon,
-            )
+            self.optimizer = create_optimizer(self.args, model or self.model)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -368,8 +361,9 @@ class Trainer:
             self.lr_scheduler = get_scheduler(
                 self.args.lr_scheduler_type,
                 optimizer or self.optimizer,
-                warmup_steps=self.args.get_warmup_steps(num_training_steps),
-                total_steps=num_training_steps,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
             )
         return self.lr_scheduler
 
@@ -533,8 +527,9 @@ class Trainer:
         if self.distributed.enabled and self.model_wrapped is self.model:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model_wrapped = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=device_ids
+                self.model, device_ids=device_ids, **ddp_options(args)
             )
+        self.model_wrapped = compile_model(args, self.model_wrapped)
         if resume_from_checkpoint:
             self._load_checkpoint(resume_from_checkpoint)
         self._stateful_callbacks_to_state()
@@ -688,6 +683,8 @@ class Trainer:
         self._last_grad_norm = None
         self.control._new_training()
         self._event("on_train_begin")
+        if args.eval_on_start:
+            self.evaluate()
 
         first_epoch = state.global_step // updates_per_epoch
         skip_updates = state.global_step % updates_per_epoch
@@ -765,13 +762,14 @@ class Trainer:
                 inputs = next(batches)
             except StopIteration:
                 return False
+            self._count_input_tokens(inputs)
             last = index == window - 1
             if not last and self.distributed.enabled:
                 with model.no_sync():  # gradients are all-reduced once, on the last one
                     loss = self.training_step(model, inputs, window)
             else:
                 loss = self.training_step(model, inputs, window)
-            self._loss_since_log += loss
+            self._loss_since_log += self._filter_nan_inf(loss)
             step_loss = loss if step_loss is None else step_loss + loss
             if not last:
                 self._event("on_substep_end")
@@ -798,10 +796,12 @@ class Trainer:
         else:
             self.optimizer.step()
         self._event("on_optimizer_step")
-        self.lr_scheduler.step()
+        if not is_metric_driven(self.lr_scheduler):  # stepped after each evaluation instead
+            self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.global_step += 1
         self._steps_since_log += 1
+        self._maybe_empty_cache()
         return True
 
     def _stop_if_nonfinite(self, finite: torch.Tensor, step_loss: torch.Tensor) -> None:
@@ -862,6 +862,7 @@ class Trainer:
         if control.should_evaluate:
             control.should_evaluate = False
             metrics = self.evaluate()
+            self._step_metric_scheduler(metrics)
             is_new_best = self._update_best_metric(metrics)
         if self.args.save_strategy == "best":
             control.should_save = is_new_best
@@ -908,6 +909,7 @@ class Trainer:
         """Record ``logs`` in the state's history and emit ``on_log``."""
         if self.state.epoch is not None:
             logs["epoch"] = self.state.epoch
+        self._add_token_logs(logs)
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self._event("on_log", logs=logs)
 
@@ -1038,12 +1040,14 @@ class Trainer:
         os.makedirs(staging, exist_ok=True)  # a rank whose output_dir is not shared
         if args.should_save:
             self.save_model(staging)
+        if args.should_save and not args.save_only_model:
             torch.save(self.optimizer.state_dict(), os.path.join(staging, OPTIMIZER_NAME))
             torch.save(self.lr_scheduler.state_dict(), os.path.join(staging, SCHEDULER_NAME))
             if self.scaler is not None:
                 torch.save(self.scaler.state_dict(), os.path.join(staging, SCALER_NAME))
-        rank_file = f"rng_state_{self.distributed.rank}.pth"
-        torch.save(capture_rng_state(), os.path.join(staging, rank_file))
+        if not args.save_only_model:
+            rank_file = f"rng_state_{self.distributed.rank}.pth"
+            torch.save(capture_rng_state(), os.path.join(staging, rank_file))
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = directory
         self._stateful_callbacks_to_state()
@@ -1062,7 +1066,7 @@ class Trainer:
         """Record callback states, keyed by class name; several instances make a list that is
         rebuilt (not appended to) on every save."""
         stateful: dict = {}
-        for callback in self.callback_handler.callbacks:
+        for callback in [*self.callback_handler.callbacks, self.control]:  # as transformers
             if isinstance(callback, ExportableState):
                 stateful.setdefault(type(callback).__name__, []).append(callback.state())
         self.state.stateful_callbacks = {
@@ -1106,6 +1110,7 @@ class Trainer:
                 "an older checkpoint, or True for the newest intact one"
             )
         self._load_model_weights(directory)
+        self._check_resumable(directory)
 
         def load(name):
             return torch.load(

@@ -425,8 +425,7 @@ def _check_refused(name: str, check: Checker = _check_any) -> Checker:
         if value == _default_of(name):
             return value
         raise ValueError(
-            f"{_CLS}.{name}={_shown(name, value)} is not supported by trackmux: "
-            f"{FIELDS[name].note}"
+            f"{_CLS}.{name}={_shown(name, value)} is not supported by trackmux: {FIELDS[name].note}"
         )
 
     return refuse
@@ -514,7 +513,9 @@ _FIELD_CHECKS: dict[str, Checker] = {
         "restore_callback_states_from_checkpoint"
     ),
     "full_determinism": _check_bool("full_determinism"),
-    "data_seed": _check_int("data_seed", low=0, high=_SEED_LIMIT, high_inclusive=False, optional=True),
+    "data_seed": _check_int(
+        "data_seed", low=0, high=_SEED_LIMIT, high_inclusive=False, optional=True
+    ),
     "dataloader_drop_last": _check_bool("dataloader_drop_last"),
     "dataloader_pin_memory": _check_bool("dataloader_pin_memory"),
     "dataloader_persistent_workers": _check_bool("dataloader_persistent_workers"),
@@ -535,11 +536,7 @@ _FIELD_CHECKS: dict[str, Checker] = {
     "do_eval": _check_bool("do_eval"),
     "do_predict": _check_bool("do_predict"),
     "local_rank": _check_int("local_rank", low=-1),
-    **{
-        name: _check_refused(name)
-        for name, status in FIELDS.items()
-        if status.status == REFUSED
-    },
+    **{name: _check_refused(name) for name, status in FIELDS.items() if status.status == REFUSED},
 }
 
 # Fields that validate() may fill in from other fields (as Hugging Face does in __post_init__).
