@@ -442,21 +442,22 @@ def bench_peers(session: nox.Session) -> None:
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 
-def _framework_session(session: nox.Session, environment: str, test_file: str) -> None:
-    """One file of tests/frameworks in its environment (see _framework_environment)."""
+def _framework_session(session: nox.Session, environment: str, *test_files: str) -> None:
+    """Some files of tests/frameworks in their environment (see _framework_environment)."""
     setup(session, environment)
     others = [
         f"--ignore={path.relative_to(ROOT).as_posix()}"
         for path in _test_files(ROOT / "tests" / "frameworks")
-        if path.name != test_file
+        if path.name not in test_files
     ]
     run_pytest(session, ROOT / "tests" / "frameworks", *others)
 
 
 @nox.session
 def transformers(session: nox.Session) -> None:
-    """TrackmuxCallback in the real Hugging Face transformers Trainer."""
-    _framework_session(session, "transformers", "test_transformers.py")
+    """TrackmuxCallback in the real Hugging Face transformers Trainer; trackmux's Trainer,
+    arguments and schedules against transformers'."""
+    _framework_session(session, "transformers", "test_transformers.py", "test_transformers_args.py")
 
 
 @nox.session

@@ -824,9 +824,14 @@ class Trainer(TransformersMethods):
     def _check_loss(self, loss: float) -> None:
         """Say once when a logged loss is NaN/inf. A non-finite step makes the sum of the
         window non-finite, so this costs nothing per step: the device counter is read only
-        then."""
-        if self._nonfinite_reported or math.isfinite(loss):
+        then. With ``logging_nan_inf_filter`` (transformers' default) the logged loss stays
+        finite, so the counter is read at each log until the first non-finite step."""
+        if self._nonfinite_reported:
             return
+        if math.isfinite(loss):
+            if not self.args.logging_nan_inf_filter or not self._nonfinite_steps.item():
+                return
+            loss = "NaN or infinite (logged as the window's mean: logging_nan_inf_filter)"
         self._nonfinite_reported = True
         first, last = self._last_logged_step + 1, self.state.global_step
         steps = f"step {last}" if first >= last else f"steps {first}-{last}"

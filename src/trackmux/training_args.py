@@ -791,6 +791,8 @@ class TrainingArguments:
         """What transformers' ``__post_init__`` fills in once, at construction."""
         if self.output_dir is None:
             self.output_dir = "trainer_output"
+        if self.disable_tqdm is None:  # transformers: from its log level; trackmux: shown
+            self.disable_tqdm = False
         # gradient_checkpointing* are transformers' deprecated aliases of activation_*
         for old, new in (
             ("gradient_checkpointing", "activation_checkpointing"),
