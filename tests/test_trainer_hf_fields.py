@@ -9,8 +9,8 @@ import os
 
 import pytest
 import torch
-from helpers_trainer import Recorder, make_trainer
 
+from helpers_trainer import Recorder, make_trainer
 from trackmux import Trainer
 from trackmux.trainer_compat import dataloader_options, ddp_options, metrics_format
 from trackmux.training_args import TrainingArguments
