@@ -422,13 +422,21 @@ def _check_refused(name: str, check: Checker = _check_any) -> Checker:
 
     def refuse(value: Any) -> Any:
         value = check(value)
-        if value == _default_of(name):
+        default = _default_of(name)
+        if name.endswith("_token") and value == f"<{name.upper()}>":
+            return default  # to_dict()'s placeholder: no token was given
+        # an empty value stands for an empty default: transformers itself turns debug="" into
+        # [], so arguments copied from its to_dict() still pass
+        if value == default or (value in _EMPTY and default in _EMPTY):
             return value
         raise ValueError(
             f"{_CLS}.{name}={_shown(name, value)} is not supported by trackmux: {FIELDS[name].note}"
         )
 
     return refuse
+
+
+_EMPTY = (None, "", [], {})
 
 
 def _default_of(name: str) -> Any:
@@ -1070,12 +1078,12 @@ class TrainingArguments:
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a JSON-serialisable dict (lists are copied); a ``*_token`` field is
-        replaced by a placeholder when set, as in transformers, so no credential is ever
-        written."""
+        replaced by its placeholder (``"<HUB_TOKEN>"``), as in transformers, so no credential
+        is ever written; the placeholder reads back as no token."""
         result: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name.endswith("_token") and value is not None:
+            if f.name.endswith("_token"):
                 value = f"<{f.name.upper()}>"
             elif isinstance(value, enum.Enum):
                 value = value.value
