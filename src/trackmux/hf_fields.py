@@ -125,7 +125,7 @@ FIELDS: dict[str, FieldStatus] = {
         "model yourself before passing it"
     ),
     "liger_kernel_config": _refused("see use_liger_kernel"),
-    "use_cache": _same("written to model.config.use_cache when the model has one"),
+    "use_cache": _same("written to model.config.use_cache when the model has a config object"),
     "neftune_noise_alpha": _refused(
         "NEFTune hooks the input embeddings of transformers models; add the noise in your "
         "model's forward instead"

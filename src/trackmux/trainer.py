@@ -113,7 +113,8 @@ class Trainer(TransformersMethods):
             checkpoints when it has ``save_pretrained``.
         compute_metrics: ``EvalPrediction -> dict`` of metrics, called after each evaluation.
         callbacks: ``TrainerCallback`` classes or instances, added after the flow callback.
-        optimizers: ``(optimizer, lr_scheduler)`` to use instead of AdamW + the schedule.
+        optimizers: ``(optimizer, lr_scheduler)`` to use instead of those of ``optim`` and
+            ``lr_scheduler_type``.
         trackers: ``Tracker`` instances to report to, on top of those ``report_to`` selects.
         tracker_config: per-tracker settings, e.g. ``{"mlflow": {"experiment_name": "x"}}``;
             they win over the environment variables each plugin reads.

@@ -341,8 +341,9 @@ def apply_runtime_options(trainer) -> None:
         torch.backends.cudnn.allow_tf32 = args.tf32
     model = trainer.model
     config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "use_cache"):
-        config.use_cache = args.use_cache
+    if config is not None and not isinstance(config, dict):  # a config object, as in HF
+        with contextlib.suppress(AttributeError):
+            config.use_cache = args.use_cache
     if args.activation_checkpointing:
         enable = getattr(model, "gradient_checkpointing_enable", None)
         if enable is None:
