@@ -626,9 +626,13 @@ def _framework_session(session: nox.Session, environment: str, *test_files: str)
 @nox.session
 def transformers(session: nox.Session) -> None:
     """TrackmuxCallback in the real Hugging Face transformers Trainer; trackmux's Trainer as a
-    drop-in for transformers' (same numbers, checkpoints both ways)."""
+    drop-in for transformers' (same numbers, arguments and schedules, checkpoints both ways)."""
     _framework_session(
-        session, "transformers", "test_transformers.py", "test_transformers_dropin.py"
+        session,
+        "transformers",
+        "test_transformers.py",
+        "test_transformers_args.py",
+        "test_transformers_dropin.py",
     )
 
 

@@ -379,6 +379,7 @@ def trackmux_model(
         dataloader_num_workers=0,
         learning_rate=LEARNING_RATE,
         weight_decay=0.0,
+        optim="adamw_torch",  # the plain loop's torch.optim.AdamW (the default is fused)
         max_grad_norm=MAX_GRAD_NORM,
         lr_scheduler_type="linear",
         seed=window.seed,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from trackmux import _hookdocs
+from trackmux import _hookdocs, hf_fields
 from trackmux.testing.docs import run_page, runnable_blocks
 from trackmux.trainer_callback import EVENTS, TrainerCallback
 from trackmux.training_args import TrainingArguments
@@ -125,13 +125,33 @@ def test_callback_methods_are_the_hookspecs():
 
 
 def test_every_training_argument_is_documented():
-    text = _read("reference/training-arguments.md")
+    """Each field is described in the reference page, or (transformers' other fields) in the
+    migration page's generated table, which lists every field with its status."""
+    text = _read("reference/training-arguments.md") + _read("migrating-from-transformers.md")
     missing = [
         field.name
         for field in dataclasses.fields(TrainingArguments)
         if f"`{field.name}`" not in text
     ]
-    assert not missing, f"docs/reference/training-arguments.md does not document {missing}"
+    assert not missing, f"the docs do not document {missing}"
+
+
+def test_migration_page_lists_every_field_with_its_status():
+    page = _read("migrating-from-transformers.md")
+    assert hf_fields.updated_page(page) == page, (
+        "docs/migrating-from-transformers.md: the field table is stale; regenerate it: "
+        "python -m trackmux.hf_fields --write"
+    )
+    table = page.split(hf_fields.BEGIN)[1].split(hf_fields.END)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    fields = [field.name for field in dataclasses.fields(TrainingArguments)]
+    assert [row.split("`")[1] for row in rows] == fields
+    statuses = {hf_fields.SAME, hf_fields.TRACKMUX, hf_fields.REFUSED, hf_fields.NO_EFFECT}
+    for row in rows:
+        assert row.split("|")[3].strip() in statuses, row
+    for name, status in hf_fields.FIELDS.items():
+        if status.status in (hf_fields.REFUSED, hf_fields.NO_EFFECT):
+            assert status.note, f"{name} is {status.status} without saying why"
 
 
 def test_getting_started_examples_run(trackmux_env, caplog):

@@ -16,7 +16,6 @@ from helpers_trainer import Recorder, losses_by_step, make_args, make_trainer
 from trackmux import EvalPrediction, Trainer, set_seed
 from trackmux.runlog import read_run
 from trackmux.testing.toy import RegressionDataset, TinyRegressor
-from trackmux.training_args import SCHEDULER_TYPES
 
 
 def parameters(model) -> dict[str, torch.Tensor]:
@@ -312,7 +311,11 @@ def expected_lr(kind: str, step: int) -> float:
     raise AssertionError(f"no formula for {kind}")
 
 
-@pytest.mark.parametrize("kind", SCHEDULER_TYPES)
+# every other type is compared with transformers' own schedules, step by step, in
+# tests/frameworks/test_transformers_args.py
+@pytest.mark.parametrize(
+    "kind", ["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]
+)
 @pytest.mark.parametrize("warmup", ["steps", "ratio"])
 def test_learning_rate_schedules(tmp_path, kind, warmup):
     warmup_args = {"warmup_steps": WARMUP} if warmup == "steps" else {"warmup_ratio": 0.25}

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from trackmux.hf_fields import FIELDS
 from trackmux.testing import describe_child, run_child
 from trackmux.training_args import (
     INTERVAL_STRATEGIES,
@@ -121,7 +122,10 @@ def test_trackmux_only_defaults():
 
 def test_field_set_and_order():
     names = [f.name for f in dataclasses.fields(TrainingArguments)]
-    assert set(names) == set(HF_DEFAULTS) | set(TRACKMUX_DEFAULTS)
+    # every field has a status against transformers (tests/frameworks compares the set with
+    # the installed transformers)
+    assert set(names) == set(FIELDS)
+    assert set(HF_DEFAULTS) | set(TRACKMUX_DEFAULTS) <= set(names)
     assert names[0] == "output_dir"
     tracker_block = names.index("tracker_strict")
     assert names[tracker_block : tracker_block + 9] == [
@@ -138,7 +142,10 @@ def test_field_set_and_order():
 
 
 def test_choice_constants():
-    assert SCHEDULER_TYPES == ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
+    assert SCHEDULER_TYPES[:2] == ("linear", "cosine")
+    assert {"constant", "constant_with_warmup", "polynomial", "inverse_sqrt"} <= set(
+        SCHEDULER_TYPES
+    )
     assert INTERVAL_STRATEGIES == ("no", "steps", "epoch")
     assert SAVE_STRATEGIES == ("no", "steps", "epoch", "best")
     assert TRACKER_ARTIFACT_POLICIES == ("none", "end", "checkpoint", "best", "last")
@@ -162,7 +169,8 @@ def test_import_does_not_import_torch():
 
 @pytest.mark.parametrize("name", SCHEDULER_TYPES)
 def test_every_scheduler_type_is_accepted(name):
-    assert TrainingArguments(lr_scheduler_type=name).lr_scheduler_type == name
+    args = TrainingArguments(lr_scheduler_type=name, eval_strategy="epoch")
+    assert args.lr_scheduler_type == name
 
 
 @pytest.mark.parametrize("name", ["logging_strategy", "eval_strategy"])
@@ -271,8 +279,9 @@ BAD_VALUES = [
     ("adam_beta2", 1.5, ValueError, "finite number in [0, 1)"),
     ("adam_epsilon", -1e-8, ValueError, "finite number >= 0"),
     ("max_grad_norm", -1.0, ValueError, "None or a finite number >= 0"),
-    ("warmup_steps", -1, ValueError, "an int >= 0"),
-    ("warmup_steps", 0.5, TypeError, "an int >= 0"),
+    ("warmup_steps", -1, ValueError, "a number >= 0"),
+    ("warmup_steps", 2.5, ValueError, "a whole number of steps"),
+    ("warmup_steps", "5", TypeError, "pass a number, not a string"),
     ("warmup_ratio", 1.0, ValueError, "finite number in [0, 1)"),
     ("warmup_ratio", -0.1, ValueError, "finite number in [0, 1)"),
     ("logging_steps", -1, ValueError, "a number >= 0"),
@@ -291,7 +300,6 @@ BAD_VALUES = [
     ("seed", 2**32, ValueError, "an int in [0, 4294967296)"),
     ("seed", 1.5, TypeError, "an int in [0, 4294967296)"),
     ("run_name", 1, TypeError, "None or a str"),
-    ("disable_tqdm", None, TypeError, "a bool (True or False)"),
     ("report_to", 3, TypeError, "None, a str"),
     ("report_to", {"mlflow"}, TypeError, "a list of str"),
     ("use_cpu", "false", TypeError, "a bool (True or False)"),
@@ -358,8 +366,9 @@ def test_choice_message_exact_form():
     with pytest.raises(ValueError, match="lr_scheduler_type") as info:
         TrainingArguments(lr_scheduler_type="cosin")
     assert str(info.value) == (
-        "TrainingArguments.lr_scheduler_type='cosin' is not allowed; choose one of 'linear', "
-        "'cosine', 'constant', 'constant_with_warmup', 'polynomial' (did you mean 'cosine'?)"
+        "TrainingArguments.lr_scheduler_type='cosin' is not allowed; choose one of "
+        + ", ".join(map(repr, SCHEDULER_TYPES))
+        + " (did you mean 'cosine'?)"
     )
 
 
@@ -370,9 +379,44 @@ def test_choice_without_close_match_has_no_suggestion():
     assert "'polynomial'" in str(info.value)
 
 
-def test_cosine_with_restarts_is_not_allowed():
-    with raises(ValueError, "lr_scheduler_type='cosine_with_restarts'", "choose one of"):
-        TrainingArguments(lr_scheduler_type="cosine_with_restarts")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("push_to_hub", True), ("deepspeed", "ds.json"), ("fsdp", "full_shard"), ("debug", "x")],
+)
+def test_a_field_that_cannot_apply_refuses_anything_but_its_default(name, value):
+    with raises(ValueError, f"TrainingArguments.{name}={value!r}", "not supported by trackmux"):
+        TrainingArguments(**{name: value})
+    TrainingArguments(**{name: getattr(TrainingArguments(), name)})  # the default passes
+
+
+def test_disable_tqdm_none_is_transformers_spelling_of_the_default():
+    assert TrainingArguments(disable_tqdm=None).disable_tqdm is False
+
+
+def test_a_refused_token_is_never_shown():
+    with pytest.raises(ValueError, match="hub_token=<redacted>") as info:
+        TrainingArguments(hub_token="hf_secret")
+    assert "hf_secret" not in str(info.value)
+
+
+def test_to_sanitized_dict_as_transformers():
+    data = TrainingArguments(per_device_train_batch_size=4, label_names=["y"]).to_sanitized_dict()
+    assert data["train_batch_size"] == 4 and data["eval_batch_size"] == 8
+    assert data["label_names"] == "['y']" and data["eval_steps"] == "None"
+    assert all(type(v) in (bool, int, float, str) for v in data.values())
+
+
+def test_gradient_checkpointing_is_an_alias_as_in_transformers():
+    args = TrainingArguments(gradient_checkpointing=True)
+    assert args.activation_checkpointing is True and args.gradient_checkpointing is True
+    assert TrainingArguments().gradient_checkpointing is False
+
+
+def test_metric_driven_schedules_need_an_evaluation():
+    with raises(ValueError, "lr_scheduler_type='reduce_lr_on_plateau'", "eval_strategy"):
+        TrainingArguments(lr_scheduler_type="reduce_lr_on_plateau")
+    args = TrainingArguments(lr_scheduler_type="greedy", eval_strategy="epoch")
+    assert args.metric_for_best_model == "loss"  # what the schedule steps on, as in HF
 
 
 def test_choice_wrong_type():
@@ -780,6 +824,10 @@ def test_resolve_steps_with_args_fields():
     assert resolve_steps(args.save_steps, 200) == 100
 
 
+def test_fractional_warmup_steps_are_a_ratio():  # transformers 5's spelling of warmup_ratio
+    assert TrainingArguments(warmup_steps=0.1).get_warmup_steps(95) == 10
+
+
 def test_warmup_steps_take_precedence():
     assert TrainingArguments(warmup_steps=7, warmup_ratio=0.5).get_warmup_steps(100) == 7
 
@@ -875,7 +923,10 @@ def test_to_dict_has_every_field():
     args = TrainingArguments()
     data = args.to_dict()
     assert list(data) == [f.name for f in dataclasses.fields(TrainingArguments)]
-    assert data == {**HF_DEFAULTS, **TRACKMUX_DEFAULTS}
+    assert {name: data[name] for name in [*HF_DEFAULTS, *TRACKMUX_DEFAULTS]} == {
+        **HF_DEFAULTS,
+        **TRACKMUX_DEFAULTS,
+    }
 
 
 def test_to_dict_json_round_trip():

@@ -264,27 +264,26 @@ def _metric_summary(history: list[tuple[int, float]], name: str) -> dict:
 
 
 def _training_defaults() -> dict:
-    import dataclasses
-
+    """A default TrainingArguments' values, those transformers derives at construction
+    included."""
     from .training_args import TrainingArguments
 
-    defaults = {}
-    for field in dataclasses.fields(TrainingArguments):
-        if field.default is not dataclasses.MISSING:
-            defaults[field.name] = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            defaults[field.name] = field.default_factory()
-    return defaults
+    return TrainingArguments().to_dict()
 
 
 def interesting_config(config: dict) -> dict:
     """The config without what says nothing about this run: TrainingArguments fields at
     their defaults, and paths and names shown elsewhere; keys that are not TrainingArguments
     fields come first."""
+    from .hf_fields import FIELDS, NO_EFFECT, REFUSED
+
     defaults = _training_defaults()
+    # fields without effect on training (do_eval, ...) and refused ones, which can only hold
+    # their default (hub_token's placeholder is logged redacted), say nothing about the run
+    silent = {name for name, status in FIELDS.items() if status.status in (NO_EFFECT, REFUSED)}
     own, changed = {}, {}
     for key, value in config.items():
-        if key in _CONFIG_NOISE:
+        if key in _CONFIG_NOISE or key in silent:
             continue
         if key not in defaults:
             own[key] = value

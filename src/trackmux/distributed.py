@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -38,14 +39,18 @@ class DistributedContext:
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         )
 
-    def initialise(self, device: torch.device) -> None:
-        """Join the process group torchrun set up: nccl on GPU, gloo on CPU."""
+    def initialise(
+        self, device: torch.device, backend: str | None = None, timeout: int | None = None
+    ) -> None:
+        """Join the process group torchrun set up: ``backend`` (``ddp_backend``; default nccl
+        on GPU, gloo on CPU), waiting up to ``timeout`` seconds (``ddp_timeout``)."""
         if not self.enabled or dist.is_initialized():
             return
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = backend or ("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        options = {} if timeout is None else {"timeout": datetime.timedelta(seconds=timeout)}
+        dist.init_process_group(backend=backend, **options)
         # the group trackmux opened is closed at exit: a gloo group left to the interpreter's
         # teardown can abort the process ("terminate called without an active exception")
         atexit.register(_destroy_process_group)

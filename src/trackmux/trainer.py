@@ -14,7 +14,6 @@ import itertools
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -30,11 +29,20 @@ from torch.utils.data.distributed import DistributedSampler
 from . import checkpoints, hookspecs
 from .checkpoints import CONFIG_NAME, OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, WEIGHTS_NAME
 from .distributed import DistributedContext
+from .lr_schedules import get_scheduler, is_metric_driven
+from .optimizers import create_optimizer
 from .trainer_callback import (
     CallbackHandler,
     DefaultFlowCallback,
     PrinterCallback,
     ProgressCallback,
+)
+from .trainer_compat import (
+    TransformersMethods,
+    apply_runtime_options,
+    compile_model,
+    dataloader_options,
+    ddp_options,
 )
 from .trainer_state import STATE_FILE_NAME, TrainerControl, TrainerState
 from .trainer_utils import (
@@ -44,7 +52,6 @@ from .trainer_utils import (
     PredictionOutput,
     TrainOutput,
     get_last_checkpoint,
-    get_scheduler,
     set_seed,
 )
 from .training_args import TRUTHY_ENV_VALUES, TrainingArguments
@@ -134,7 +141,7 @@ def _one_ahead(iterator):
     yield current
 
 
-class Trainer:
+class Trainer(TransformersMethods):
     """Train, evaluate and predict with a PyTorch model, emitting every event to callbacks,
     plugins and trackers.
 
@@ -150,7 +157,8 @@ class Trainer:
             checkpoints when it has ``save_pretrained``.
         compute_metrics: ``EvalPrediction -> dict`` of metrics, called after each evaluation.
         callbacks: ``TrainerCallback`` classes or instances, added after the flow callback.
-        optimizers: ``(optimizer, lr_scheduler)`` to use instead of AdamW + the schedule.
+        optimizers: ``(optimizer, lr_scheduler)`` to use instead of those of ``optim`` and
+            ``lr_scheduler_type``.
         trackers: ``Tracker`` instances to report to, on top of those ``report_to`` selects.
         tracker_config: per-tracker settings, e.g. ``{"mlflow": {"experiment_name": "x"}}``;
             they win over the environment variables each plugin reads.
@@ -179,9 +187,10 @@ class Trainer:
         set_seed(self.args.seed)
         self.distributed = DistributedContext.from_env()
         self.device = self.args.device
-        self.distributed.initialise(self.device)
+        self.distributed.initialise(self.device, self.args.ddp_backend, self.args.ddp_timeout)
 
         self.model = model.to(self.device)
+        apply_runtime_options(self)
         self.model_wrapped = self.model
         self.data_collator = data_collator if data_collator is not None else default_collate
         self.train_dataset = train_dataset
@@ -370,8 +379,7 @@ class Trainer:
             batch_size=args.per_device_train_batch_size,
             sampler=sampler,
             collate_fn=self._collate_fn(),
-            num_workers=args.dataloader_num_workers,
-            drop_last=args.dataloader_drop_last,
+            **dataloader_options(args, self.device, dataset),
         )
 
     def _collate_fn(self):
@@ -407,7 +415,7 @@ class Trainer:
             dataset,
             **batching,
             collate_fn=self._collate_fn(),
-            num_workers=self.args.dataloader_num_workers,
+            **dataloader_options(self.args, self.device, dataset),
             # no generator of its own: starting it draws a seed from the global generator,
             # as in transformers, so an evaluation shifts training's random numbers alike
         )
@@ -420,43 +428,12 @@ class Trainer:
 
     # ------------------------------------------------------------ optimizer and schedule
 
-    def create_optimizer(self):
-        """AdamW over the model's parameters in transformers' two groups: weight decay for
-        all but biases and norm weights, none for those (the same groups, always both, so
-        the optimizer state crosses over to and from transformers' checkpoints)."""
+    def create_optimizer(self, model=None):
+        """The optimizer of ``args.optim`` (see :mod:`trackmux.optimizers`), unless one was
+        given to ``Trainer(optimizers=...)``."""
         if self.optimizer is None:
-            decay = set(self.get_decay_parameter_names(self.model))
-            trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-            groups = [
-                {
-                    "params": [p for n, p in trainable if n in decay],
-                    "weight_decay": self.args.weight_decay,
-                },
-                {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
-            ]
-            self.optimizer = torch.optim.AdamW(
-                groups,
-                lr=self.args.learning_rate,
-                betas=(self.args.adam_beta1, self.args.adam_beta2),
-                eps=self.args.adam_epsilon,
-            )
+            self.optimizer = create_optimizer(self.args, model or self.model)
         return self.optimizer
-
-    def get_decay_parameter_names(self, model) -> list[str]:
-        """The names of the parameters weight decay applies to, by transformers' rule: not
-        in a LayerNorm, not named like a bias or a norm."""
-        excluded = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
-        in_layer_norm = {
-            f"{module_name}.{name}" if module_name else name
-            for module_name, module in model.named_modules()
-            if isinstance(module, torch.nn.LayerNorm)
-            for name, _ in module.named_parameters()
-        }
-        return [
-            name
-            for name, _ in model.named_parameters()
-            if name not in in_layer_norm and not excluded.search(name.lower())
-        ]
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """The learning-rate schedule of ``lr_scheduler_type`` with its warmup."""
@@ -464,8 +441,9 @@ class Trainer:
             self.lr_scheduler = get_scheduler(
                 self.args.lr_scheduler_type,
                 optimizer or self.optimizer,
-                warmup_steps=self.args.get_warmup_steps(num_training_steps),
-                total_steps=num_training_steps,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
             )
         return self.lr_scheduler
 
@@ -675,9 +653,10 @@ class Trainer:
         if self.distributed.enabled and self.model_wrapped is self.model:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model_wrapped = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=device_ids
+                self.model, device_ids=device_ids, **ddp_options(args)
             )
         self._rng_file = None  # one left by a resume that had nothing to train
+        self.model_wrapped = compile_model(args, self.model_wrapped)
         if resume_from_checkpoint:
             self._load_checkpoint(resume_from_checkpoint)
         self._stateful_callbacks_to_state()
@@ -832,6 +811,8 @@ class Trainer:
         self._last_learning_rate = self.lr_scheduler.get_last_lr()[0]
         self.control._new_training()
         self._event("on_train_begin")
+        if args.eval_on_start:
+            self.evaluate()
 
         first_epoch = state.global_step // updates_per_epoch
         skip_updates = state.global_step % updates_per_epoch
@@ -921,13 +902,14 @@ class Trainer:
         self._event("on_step_begin")
         step_loss = None
         for index, inputs in enumerate(inputs_window):
+            self._count_input_tokens(inputs)
             last = index == window - 1
             if not last and self.distributed.enabled:
                 with model.no_sync():  # gradients are all-reduced once, on the last one
                     loss = self.training_step(model, inputs, window)
             else:
                 loss = self.training_step(model, inputs, window)
-            self._loss_since_log += loss
+            self._loss_since_log += self._filter_nan_inf(loss)
             step_loss = loss if step_loss is None else step_loss + loss
             if not last:
                 self._event("on_substep_end")
@@ -965,11 +947,14 @@ class Trainer:
         self._event("on_optimizer_step")
         # logged as learning_rate: the rate this step used (transformers)
         self._last_learning_rate = self.lr_scheduler.get_last_lr()[0]
-        if not skipped:  # the schedule follows the updates made (transformers)
+        # the schedule follows the updates made (transformers); a metric-driven one is
+        # stepped after each evaluation instead
+        if not skipped and not is_metric_driven(self.lr_scheduler):
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.global_step += 1
         self._steps_since_log += 1
+        self._maybe_empty_cache()
         return True
 
     def _count_label_items(self, window: list):
@@ -1005,9 +990,14 @@ class Trainer:
     def _check_loss(self, loss: float) -> None:
         """Say once when a logged loss is NaN/inf. A non-finite step makes the sum of the
         window non-finite, so this costs nothing per step: the device counter is read only
-        then."""
-        if self._nonfinite_reported or math.isfinite(loss):
+        then. With ``logging_nan_inf_filter`` (transformers' default) the logged loss stays
+        finite, so the counter is read at each log until the first non-finite step."""
+        if self._nonfinite_reported:
             return
+        if math.isfinite(loss):
+            if not self.args.logging_nan_inf_filter or not self._nonfinite_steps.item():
+                return
+            loss = "NaN or infinite (logged as the window's mean: logging_nan_inf_filter)"
         self._nonfinite_reported = True
         first, last = self._last_logged_step + 1, self.state.global_step
         steps = f"step {last}" if first >= last else f"steps {first}-{last}"
@@ -1043,6 +1033,7 @@ class Trainer:
         if control.should_evaluate:
             control.should_evaluate = False
             metrics = self.evaluate()
+            self._step_metric_scheduler(metrics)
             is_new_best = self._update_best_metric(metrics)
         if self.args.save_strategy == "best":
             control.should_save = is_new_best
@@ -1089,6 +1080,7 @@ class Trainer:
         """Record ``logs`` in the state's history and emit ``on_log``."""
         if self.state.epoch is not None:
             logs["epoch"] = self.state.epoch
+        self._add_token_logs(logs)
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self._event("on_log", logs=logs)
 
@@ -1233,13 +1225,15 @@ class Trainer:
         os.makedirs(staging, exist_ok=True)  # a rank whose output_dir is not shared
         if args.should_save:
             self.save_model(staging)
+        if args.should_save and not args.save_only_model:
             torch.save(self.optimizer.state_dict(), os.path.join(staging, OPTIMIZER_NAME))
             torch.save(self.lr_scheduler.state_dict(), os.path.join(staging, SCHEDULER_NAME))
             if self.scaler is not None:
                 torch.save(self.scaler.state_dict(), os.path.join(staging, SCALER_NAME))
-        rng_file = checkpoints.rng_file_name(distributed.rank, distributed.world_size)
-        rng_state = checkpoints.capture_rng_state(distributed.enabled)
-        torch.save(rng_state, os.path.join(staging, rng_file))
+        if not args.save_only_model:
+            rng_file = checkpoints.rng_file_name(distributed.rank, distributed.world_size)
+            rng_state = checkpoints.capture_rng_state(distributed.enabled)
+            torch.save(rng_state, os.path.join(staging, rng_file))
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = directory
         self._stateful_callbacks_to_state()
@@ -1271,6 +1265,7 @@ class Trainer:
         which the training loop restores where transformers does (see ``_restore_rng``)."""
         checkpoints.check_state_file(directory)
         self._load_model_weights(directory)
+        self._check_resumable(directory)
 
         def load(name):
             return checkpoints.load_tensors(os.path.join(directory, name), self.device)

@@ -243,8 +243,9 @@ class DefaultFlowCallback(TrainerCallback):
             control.should_log = True
         if args.logging_strategy == "steps" and step % state.logging_steps == 0:
             control.should_log = True
+        delayed = step < getattr(args, "eval_delay", 0)  # eval_delay: no evaluation before it
         evaluate_now = args.eval_strategy == "steps" and step % state.eval_steps == 0
-        if evaluate_now:
+        if evaluate_now and not delayed:
             control.should_evaluate = True
         if args.save_strategy == "steps" and state.save_steps > 0 and step % state.save_steps == 0:
             control.should_save = True
@@ -252,7 +253,7 @@ class DefaultFlowCallback(TrainerCallback):
             control.should_training_stop = True
             if args.logging_strategy == "steps" and not getattr(args, "transformers_flow", False):
                 control.should_log = True
-            if args.eval_strategy == "steps":
+            if args.eval_strategy == "steps" and not delayed:
                 control.should_evaluate = True
             if args.save_strategy == "steps":
                 control.should_save = True
@@ -261,7 +262,7 @@ class DefaultFlowCallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
         if args.logging_strategy == "epoch":
             control.should_log = True
-        if args.eval_strategy == "epoch":
+        if args.eval_strategy == "epoch" and getattr(args, "eval_delay", 0) <= state.epoch:
             control.should_evaluate = True
         if args.save_strategy == "epoch":
             control.should_save = True

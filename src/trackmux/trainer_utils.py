@@ -1,12 +1,10 @@
-"""Small value types and helpers the Trainer returns or uses: outputs, seeding, schedules,
-RNG state capture, checkpoint discovery."""
+"""Small value types and helpers the Trainer returns or uses: outputs, seeding, RNG state
+capture, checkpoint discovery. The learning-rate schedules live in :mod:`trackmux.lr_schedules`."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -56,54 +54,6 @@ def set_seed(seed: int) -> None:
     except ImportError:
         return
     np.random.seed(seed % 2**32)
-
-
-def _warmup_then(decay, warmup_steps: int, total_steps: int, step: int) -> float:
-    if step < warmup_steps:
-        return step / max(1, warmup_steps)
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return decay(min(1.0, progress))
-
-
-def _linear(progress: float) -> float:
-    return max(0.0, 1.0 - progress)
-
-
-def _cosine(progress: float) -> float:
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-def _constant(progress: float) -> float:
-    return 1.0
-
-
-def _polynomial(progress: float, lr_ratio_end: float = 0.0, power: float = 1.0) -> float:
-    return (1.0 - lr_ratio_end) * (1.0 - progress) ** power + lr_ratio_end
-
-
-SCHEDULES = {
-    "linear": _linear,
-    "cosine": _cosine,
-    "constant": _constant,
-    "constant_with_warmup": _constant,
-    "polynomial": _polynomial,
-}
-
-
-def get_scheduler(name: str, optimizer, warmup_steps: int, total_steps: int):
-    """A LambdaLR for one of :data:`SCHEDULES`; ``constant`` ignores warmup, as in HF."""
-    if name not in SCHEDULES:
-        raise ValueError(
-            f"lr_scheduler_type={name!r} is not supported; choose one of {sorted(SCHEDULES)}"
-        )
-    if name == "constant":
-        warmup_steps = 0
-    decay = SCHEDULES[name]
-    if name == "polynomial":  # HF's default: decay to an absolute lr of 1e-7
-        initial_lr = optimizer.defaults["lr"]
-        decay = functools.partial(_polynomial, lr_ratio_end=min(1.0, 1e-7 / initial_lr))
-    factor = functools.partial(_warmup_then, decay, warmup_steps, total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def capture_rng_state() -> dict:

@@ -24,16 +24,24 @@ import json
 import math
 import numbers
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from .hf_fields import FIELDS, REFUSED
+from .lr_schedules import METRIC_DRIVEN, SCHEDULER_TYPES
+from .optimizers import OPTIMIZER_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
+    "INCLUDE_TOKENS_CHOICES",
     "INTERVAL_STRATEGIES",
     "JOURNAL_ERROR_MODES",
+    "LOG_LEVELS",
+    "OPTIMIZER_NAMES",
     "SAVE_STRATEGIES",
     "SCHEDULER_TYPES",
     "STRICT_ENV_VAR",
@@ -42,15 +50,6 @@ __all__ = [
     "TrainingArguments",
     "resolve_steps",
 ]
-
-SCHEDULER_TYPES: tuple[str, ...] = (
-    "linear",
-    "cosine",
-    "constant",
-    "constant_with_warmup",
-    "polynomial",
-)
-"""Allowed values of :attr:`TrainingArguments.lr_scheduler_type`."""
 
 INTERVAL_STRATEGIES: tuple[str, ...] = ("no", "steps", "epoch")
 """Allowed values of ``logging_strategy`` and ``eval_strategy``."""
@@ -63,6 +62,15 @@ TRACKER_ARTIFACT_POLICIES: tuple[str, ...] = ("none", "end", "checkpoint", "best
 
 JOURNAL_ERROR_MODES: tuple[str, ...] = ("retry", "stop")
 """Allowed values of ``journal_errors``."""
+
+LOG_LEVELS: tuple[str, ...] = ("passive", "detail", "debug", "info", "warning", "error", "critical")
+"""Allowed values of ``log_level`` and ``log_level_replica`` (``passive`` leaves it alone)."""
+
+INCLUDE_TOKENS_CHOICES: tuple[str, ...] = ("no", "all", "non_padding")
+"""Allowed values of ``include_num_input_tokens_seen`` (``True``/``False`` mean all/no)."""
+
+_DDP_BACKENDS = ("nccl", "gloo", "mpi", "xccl", "hccl", "cncl", "mccl")
+_START_METHODS = ("fork", "spawn", "forkserver")
 
 STRICT_ENV_VAR = "TRACKMUX_STRICT"
 """Environment variable read when ``tracker_strict`` is ``None``."""
@@ -348,6 +356,109 @@ def _check_report_to(value: Any) -> Any:
     raise _type_error("report_to", value, expected)
 
 
+def _check_optional_choice(name: str, choices: Sequence[str]) -> Checker:
+    check_choice = _check_choice(name, choices)
+    return lambda value: None if value is None else check_choice(value)
+
+
+def _check_kwargs(name: str) -> Checker:
+    """A dict of keyword arguments; a JSON object string (from a command line) is parsed, as
+    transformers does."""
+    expected = "None, a dict or a JSON object string"
+
+    def check(value: Any) -> Any:
+        if value is None or isinstance(value, dict):
+            return value
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            try:
+                parsed = json.loads(value)
+            except ValueError as error:
+                raise ValueError(
+                    f"{_CLS}.{name}={value!r} is not valid JSON ({error}); pass a dict"
+                ) from None
+            if isinstance(parsed, dict):
+                return parsed
+        raise _type_error(name, value, expected)
+
+    return check
+
+
+def _check_str_list(name: str) -> Checker:
+    def check(value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return list(value)
+        raise _type_error(name, value, "None or a list of str")
+
+    return check
+
+
+def _check_warmup_steps(value: Any) -> Any:
+    expected = (
+        "a number >= 0: a whole number of steps, or a fraction in (0, 1) of the training steps"
+    )
+    if not _is_real(value):
+        raise _type_error("warmup_steps", value, expected)
+    if not math.isfinite(value) or value < 0 or (value >= 1 and value != int(value)):
+        raise _value_error("warmup_steps", value, expected)
+    return int(value) if value >= 1 or _is_int(value) else float(value)
+
+
+def _check_include_tokens(value: Any) -> Any:
+    if isinstance(value, bool):  # transformers' older spelling
+        return "all" if value else "no"
+    return _check_choice("include_num_input_tokens_seen", INCLUDE_TOKENS_CHOICES)(value)
+
+
+def _check_optional_str_or_false(name: str) -> Checker:
+    def check(value: Any) -> Any:
+        if value is None or value is False or isinstance(value, str):
+            return value
+        raise _type_error(name, value, "None, False or a str")
+
+    return check
+
+
+def _check_any(value: Any) -> Any:
+    return value
+
+
+def _shown(name: str, value: Any) -> str:
+    """A value for an error message: a token is never printed."""
+    return "<redacted>" if name.endswith("_token") and value is not None else repr(value)
+
+
+def _check_refused(name: str, check: Checker = _check_any) -> Checker:
+    """A field transformers has and trackmux cannot apply: its default passes, any other
+    value fails with the reason and what to do instead (see :mod:`trackmux.hf_fields`)."""
+
+    def refuse(value: Any) -> Any:
+        value = check(value)
+        default = _default_of(name)
+        if name.endswith("_token") and value == f"<{name.upper()}>":
+            return default  # to_dict()'s placeholder: no token was given
+        # an empty value stands for an empty default: transformers itself turns debug="" into
+        # [], so arguments copied from its to_dict() still pass
+        if value == default or (value in _EMPTY and default in _EMPTY):
+            return value
+        raise ValueError(
+            f"{_CLS}.{name}={_shown(name, value)} is not supported by trackmux: {FIELDS[name].note}"
+        )
+
+    return refuse
+
+
+_EMPTY = (None, "", [], {})
+
+
+def _default_of(name: str) -> Any:
+    field = TrainingArguments.__dataclass_fields__[name]
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
 _FIELD_CHECKS: dict[str, Checker] = {
     "output_dir": _check_path("output_dir", expanduser=True),
     "overwrite_output_dir": _check_bool("overwrite_output_dir"),
@@ -363,7 +474,7 @@ _FIELD_CHECKS: dict[str, Checker] = {
     "adam_epsilon": _check_float("adam_epsilon", low=0),
     "max_grad_norm": _check_float("max_grad_norm", low=0, optional=True),
     "lr_scheduler_type": _check_choice("lr_scheduler_type", SCHEDULER_TYPES),
-    "warmup_steps": _check_int("warmup_steps", low=0),
+    "warmup_steps": _check_warmup_steps,
     "warmup_ratio": _check_float("warmup_ratio", low=0, high=1, high_inclusive=False),
     "logging_strategy": _check_choice("logging_strategy", INTERVAL_STRATEGIES),
     "logging_steps": _check_steps("logging_steps"),
@@ -394,16 +505,61 @@ _FIELD_CHECKS: dict[str, Checker] = {
     "journal_errors": _check_choice("journal_errors", JOURNAL_ERROR_MODES),
     "run_journal": _check_bool("run_journal"),
     "stop_on_nonfinite_loss": _check_bool("stop_on_nonfinite_loss"),
-    # issue 16 loop fields
-    "label_names": _check_str_list("label_names"),
+    # --- the rest of transformers' fields (see trackmux.hf_fields for what each does) ---
+    "lr_scheduler_kwargs": _check_kwargs("lr_scheduler_kwargs"),
+    "optim": _check_choice("optim", OPTIMIZER_NAMES),
+    "optim_args": _check_optional_str("optim_args"),
+    "average_tokens_across_devices": _check_bool("average_tokens_across_devices"),
+    "tf32": _check_bool("tf32", optional=True),
+    "activation_checkpointing": _check_bool("activation_checkpointing", optional=True),
+    "activation_checkpointing_kwargs": _check_kwargs("activation_checkpointing_kwargs"),
+    "gradient_checkpointing": _check_bool("gradient_checkpointing", optional=True),
+    "gradient_checkpointing_kwargs": _check_kwargs("gradient_checkpointing_kwargs"),
+    "torch_compile": _check_bool("torch_compile"),
+    "torch_compile_backend": _check_optional_str("torch_compile_backend"),
+    "torch_compile_mode": _check_optional_str("torch_compile_mode"),
+    "use_cache": _check_bool("use_cache"),
+    "torch_empty_cache_steps": _check_int("torch_empty_cache_steps", low=1, optional=True),
+    "log_on_each_node": _check_bool("log_on_each_node"),
+    "logging_nan_inf_filter": _check_bool("logging_nan_inf_filter"),
+    "include_num_input_tokens_seen": _check_include_tokens,
+    "log_level": _check_choice("log_level", LOG_LEVELS),
+    "log_level_replica": _check_choice("log_level_replica", LOG_LEVELS),
+    "eval_delay": _check_float("eval_delay", low=0),
+    "prediction_loss_only": _check_bool("prediction_loss_only"),
+    "eval_on_start": _check_bool("eval_on_start"),
+    "eval_accumulation_steps": _check_int("eval_accumulation_steps", low=1, optional=True),
+    "save_on_each_node": _check_bool("save_on_each_node"),
+    "save_only_model": _check_bool("save_only_model"),
+    "restore_callback_states_from_checkpoint": _check_bool(
+        "restore_callback_states_from_checkpoint"
+    ),
+    "full_determinism": _check_bool("full_determinism"),
     "data_seed": _check_int(
         "data_seed", low=0, high=_SEED_LIMIT, high_inclusive=False, optional=True
     ),
-    "eval_accumulation_steps": _check_int("eval_accumulation_steps", low=1, optional=True),
-    "prediction_loss_only": _check_bool("prediction_loss_only"),
-    "remove_unused_columns": _check_bool("remove_unused_columns"),
     "dataloader_drop_last": _check_bool("dataloader_drop_last"),
+    "dataloader_pin_memory": _check_bool("dataloader_pin_memory"),
+    "dataloader_persistent_workers": _check_bool("dataloader_persistent_workers"),
+    "dataloader_prefetch_factor": _check_int("dataloader_prefetch_factor", low=1, optional=True),
+    "dataloader_multiprocessing_context": _check_optional_choice(
+        "dataloader_multiprocessing_context", _START_METHODS
+    ),
+    "dataloader_in_order": _check_bool("dataloader_in_order"),
+    "remove_unused_columns": _check_bool("remove_unused_columns"),
+    "label_names": _check_str_list("label_names"),
+    "ddp_find_unused_parameters": _check_bool("ddp_find_unused_parameters", optional=True),
+    "ddp_bucket_cap_mb": _check_int("ddp_bucket_cap_mb", low=1, optional=True),
+    "ddp_broadcast_buffers": _check_bool("ddp_broadcast_buffers", optional=True),
+    "ddp_static_graph": _check_bool("ddp_static_graph", optional=True),
+    "ddp_backend": _check_optional_choice("ddp_backend", _DDP_BACKENDS),
+    "ddp_timeout": _check_int("ddp_timeout", low=1),
+    "do_train": _check_bool("do_train"),
+    "do_eval": _check_bool("do_eval"),
+    "do_predict": _check_bool("do_predict"),
+    "local_rank": _check_int("local_rank", low=-1),
     "transformers_flow": _check_bool("transformers_flow"),
+    **{name: _check_refused(name) for name, status in FIELDS.items() if status.status == REFUSED},
 }
 
 # Fields that validate() may fill in from other fields (as Hugging Face does in __post_init__).
@@ -495,7 +651,7 @@ class TrainingArguments:
     """
 
     # --- output ---
-    output_dir: str = "trainer_output"
+    output_dir: str | None = "trainer_output"
     overwrite_output_dir: bool = False
 
     # --- length of training ---
@@ -517,8 +673,13 @@ class TrainingArguments:
 
     # --- scheduler ---
     lr_scheduler_type: str = "linear"
-    warmup_steps: int = 0
+    warmup_steps: float = 0
     warmup_ratio: float = 0.0
+    lr_scheduler_kwargs: dict[str, Any] | str | None = None
+    optim: str = "adamw_torch_fused"
+    optim_args: str | None = None
+    optim_target_modules: str | list[str] | None = None
+    label_smoothing_factor: float = 0.0
 
     # --- logging ---
     logging_strategy: str = "steps"
@@ -561,19 +722,91 @@ class TrainingArguments:
     run_journal: bool = True
     stop_on_nonfinite_loss: bool = False
 
-    # issue 16 loop fields (transformers' names and defaults; transformers_flow is trackmux's)
-    label_names: list[str] | None = None
-    data_seed: int | None = None
-    eval_accumulation_steps: int | None = None
+    # --- transformers' other fields: see trackmux.hf_fields (and the migration page) for
+    # what each does here; refused ones only accept their default ---
+    average_tokens_across_devices: bool = True
+    bf16_full_eval: bool = False
+    fp16_full_eval: bool = False
+    tf32: bool | None = None
+    activation_checkpointing: bool | None = None
+    activation_checkpointing_kwargs: dict[str, Any] | str | None = None
+    gradient_checkpointing: bool | None = None
+    gradient_checkpointing_kwargs: dict[str, Any] | str | None = None
+    torch_compile: bool = False
+    torch_compile_backend: str | None = None
+    torch_compile_mode: str | None = None
+    use_liger_kernel: bool = False
+    liger_kernel_config: dict[str, bool] | None = None
+    use_cache: bool = False
+    neftune_noise_alpha: float | None = None
+    torch_empty_cache_steps: int | None = None
+    auto_find_batch_size: bool = False
+    log_on_each_node: bool = True
+    logging_nan_inf_filter: bool = True
+    include_num_input_tokens_seen: str | bool = "no"
+    log_level: str = "passive"
+    log_level_replica: str = "warning"
+    project: str = "huggingface"
+    trackio_space_id: str | None = None
+    trackio_bucket_id: str | None = None
+    trackio_static_space_id: str | None = None
+    eval_delay: float = 0
     prediction_loss_only: bool = False
-    remove_unused_columns: bool = True
+    eval_on_start: bool = False
+    eval_do_concat_batches: bool = True
+    eval_use_gather_object: bool = False
+    eval_accumulation_steps: int | None = None
+    include_for_metrics: list[str] = dataclasses.field(default_factory=list)
+    batch_eval_metrics: bool = False
+    save_only_model: bool = False
+    save_on_each_node: bool = False
+    enable_jit_checkpoint: bool = False
+    push_to_hub: bool = False
+    hub_token: str | None = None
+    hub_private_repo: bool | None = None
+    hub_model_id: str | None = None
+    hub_strategy: str = "every_save"
+    hub_always_push: bool = False
+    hub_revision: str | None = None
+    ignore_data_skip: bool = False
+    restore_callback_states_from_checkpoint: bool = False
+    full_determinism: bool = False
+    data_seed: int | None = None
+    accelerator_config: dict | str | None = None
+    parallelism_config: Any = None
     dataloader_drop_last: bool = False
+    dataloader_pin_memory: bool = True
+    dataloader_persistent_workers: bool = False
+    dataloader_prefetch_factor: int | None = None
+    dataloader_multiprocessing_context: str | None = None
+    dataloader_in_order: bool = True
+    remove_unused_columns: bool = True
+    label_names: list[str] | None = None
+    train_sampling_strategy: str = "random"
+    length_column_name: str = "length"
+    ddp_find_unused_parameters: bool | None = None
+    ddp_bucket_cap_mb: int | None = None
+    ddp_broadcast_buffers: bool | None = None
+    ddp_static_graph: bool | None = None
+    ddp_backend: str | None = None
+    ddp_timeout: int = 1800
+    fsdp: str | list | None = None
+    fsdp_config: dict[str, Any] | str | None = None
+    deepspeed: dict | str | None = None
+    debug: str | list = ""
+    skip_memory_metrics: bool = True
+    do_train: bool = False
+    do_eval: bool = False
+    do_predict: bool = False
+    local_rank: int = -1
+    # trackmux's switch back to transformers' exact event sequence (migration page)
     transformers_flow: bool = False
 
     # ----------------------------------------------------------------------------------------
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_inferred", frozenset())
+        self._derive_as_transformers()
         self.validate()
         object.__setattr__(self, "_checked", True)
 
@@ -593,6 +826,33 @@ class TrainingArguments:
                         f"{_CLS} has no field {name!r} (did you mean {close[0]!r}?)"
                     )
         object.__setattr__(self, name, value)
+
+    def _derive_as_transformers(self) -> None:
+        """What transformers' ``__post_init__`` fills in once, at construction."""
+        if self.output_dir is None:
+            self.output_dir = "trainer_output"
+        if self.disable_tqdm is None:  # transformers: from its log level; trackmux: shown
+            self.disable_tqdm = False
+        # gradient_checkpointing* are transformers' deprecated aliases of activation_*
+        for old, new in (
+            ("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+        ):
+            if getattr(self, new) is None and getattr(self, old) is not None:
+                setattr(self, new, getattr(self, old))
+            setattr(self, old, getattr(self, new))
+        if self.activation_checkpointing is None:
+            self.activation_checkpointing = self.gradient_checkpointing = False
+        if self.eval_strategy != "no" and not self.do_eval:
+            self.do_eval = True
+        if (self.torch_compile_mode is not None or self.torch_compile_backend is not None) and (
+            not self.torch_compile
+        ):
+            self.torch_compile = True
+        if self.torch_compile and self.torch_compile_backend is None:
+            self.torch_compile_backend = "inductor"
+        if self.use_cpu:
+            self.dataloader_pin_memory = False
 
     # ----------------------------------------------------------------------------------------
     # Validation
@@ -649,6 +909,7 @@ class TrainingArguments:
             self.load_best_model_at_end
             or self.save_strategy == "best"
             or self.tracker_artifacts == "best"
+            or self.lr_scheduler_type in METRIC_DRIVEN
         )
         if needs_best and metric is None:
             metric = "loss"
@@ -669,6 +930,19 @@ class TrainingArguments:
         object.__setattr__(self, "_inferred", frozenset(new_inferred))
 
     def _check_cross_fields(self, eval_steps: float | None) -> None:
+        if self.lr_scheduler_type in METRIC_DRIVEN and self.eval_strategy == "no":
+            raise ValueError(
+                f"{_CLS}.lr_scheduler_type={self.lr_scheduler_type!r} steps on an evaluation "
+                "metric, but eval_strategy='no'; set eval_strategy to 'steps' or 'epoch'"
+            )
+        if self.dataloader_num_workers == 0:
+            for name in ("dataloader_prefetch_factor", "dataloader_persistent_workers"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"{_CLS}.{name}={getattr(self, name)!r} needs worker processes, but "
+                        "dataloader_num_workers=0; set dataloader_num_workers > 0 or leave "
+                        f"{name} at its default"
+                    )
         if self.fp16 and self.bf16:
             raise ValueError(
                 f"{_CLS}.fp16=True and {_CLS}.bf16=True are not allowed together; "
@@ -795,7 +1069,10 @@ class TrainingArguments:
 
     @property
     def should_save(self) -> bool:
-        """Whether this process writes checkpoints (only the main process does)."""
+        """Whether this process writes checkpoints: the main process, or with
+        ``save_on_each_node`` the first process of each machine."""
+        if self.save_on_each_node:
+            return self.local_process_index == 0
         return self.is_main_process
 
     @property
@@ -816,32 +1093,53 @@ class TrainingArguments:
     def get_warmup_steps(self, num_training_steps: int) -> int:
         """Number of warmup steps for a run of ``num_training_steps`` optimisation steps.
 
-        ``warmup_steps`` when it is > 0, else ``ceil(warmup_ratio * num_training_steps)``.
+        ``warmup_steps`` when it is >= 1, ``ceil(warmup_steps * num_training_steps)`` when it
+        is a fraction (transformers 5), else ``ceil(warmup_ratio * num_training_steps)``.
         """
         if not _is_int(num_training_steps) or num_training_steps < 0:
             raise ValueError(
                 f"get_warmup_steps: num_training_steps={num_training_steps!r} is not allowed; "
                 "expected an int >= 0"
             )
-        if self.warmup_steps > 0:
-            return self.warmup_steps
-        return _ceil(self.warmup_ratio * num_training_steps)
+        if self.warmup_steps >= 1:
+            return int(self.warmup_steps)
+        ratio = self.warmup_steps if self.warmup_steps > 0 else self.warmup_ratio
+        return _ceil(ratio * num_training_steps)
 
     # ----------------------------------------------------------------------------------------
     # Serialisation
     # ----------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields as a JSON-serialisable dict (lists are copied)."""
+        """All fields as a JSON-serialisable dict (lists are copied); a ``*_token`` field is
+        replaced by its placeholder (``"<HUB_TOKEN>"``), as in transformers, so no credential
+        is ever written; the placeholder reads back as no token."""
         result: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, enum.Enum):
+            if f.name.endswith("_token"):
+                value = f"<{f.name.upper()}>"
+            elif isinstance(value, enum.Enum):
                 value = value.value
             elif isinstance(value, (list, tuple)):
                 value = list(value)
             result[f.name] = value
         return result
+
+    def to_sanitized_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` plus ``train_batch_size`` and ``eval_batch_size``, every value that
+        is not a bool, int, float, str or tensor turned into its ``str`` (what transformers
+        hands to TensorBoard's hparams)."""
+        result = {
+            **self.to_dict(),
+            "train_batch_size": self.train_batch_size,
+            "eval_batch_size": self.eval_batch_size,
+        }
+        torch = sys.modules.get("torch")  # a tensor can only be here if torch is loaded
+        kept: tuple[type, ...] = (bool, int, float, str)
+        if torch is not None:
+            kept = (*kept, torch.Tensor)
+        return {k: v if type(v) in kept else str(v) for k, v in result.items()}
 
     def to_json_string(self) -> str:
         """:meth:`to_dict` as a JSON string (indented by 2, as in Hugging Face)."""
