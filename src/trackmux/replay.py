@@ -136,7 +136,13 @@ class Replay:
             if index < self.done:
                 continue
             self.consumed = index + 1
-            if self.start is None or kind not in ("metrics", "summary", "params", "artifact", "finish"):
+            if self.start is None or kind not in (
+                "metrics",
+                "summary",
+                "params",
+                "artifact",
+                "finish",
+            ):
                 continue  # records before any start, the delivery figures: nothing to send
             if self.live is None:
                 # a session an earlier replay sent part of: reopen its backend run there

@@ -247,7 +247,12 @@ def sync_run(
         for name, tracker in targets:
             results.append(
                 _sync_one(
-                    run_dir, state, save, name, tracker, total,
+                    run_dir,
+                    state,
+                    save,
+                    name,
+                    tracker,
+                    total,
                     tracker_config=tracker_config,
                     output_dir=os.fspath(output_dir),
                     close_timeout=close_timeout,
