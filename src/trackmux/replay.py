@@ -60,6 +60,12 @@ class Journal:
                 self.count += 1
         return records
 
+    def count_all(self) -> int:
+        """Read to the end; the records the journal holds."""
+        while self.read():
+            pass
+        return self.count
+
 
 def superseded(records: list[tuple[int, dict]]) -> set[int]:
     """Indexes of the metrics records a later resumed training replaced: points logged after

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import threading
 import time
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .runlog import RunLog, events_path, read_run
-from .tracker import KILLED, STATUSES, Tracker
+from .tracker import Tracker
 from .values import redact_identity, redact_text
 
 STATE_FILE = "sync-state.json"

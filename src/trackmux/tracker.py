@@ -74,6 +74,14 @@ class Tracker:
     all_ranks: ClassVar[bool] = False
     #: True to be called inline on the loop thread (cheap local writers only)
     synchronous: ClassVar[bool] = False
+    #: where the tracker runs when the run journal is on (docs/plugins/writing.md, "Where a
+    #: tracker runs"): ``None``, a plugin chosen by name runs in the delivery process, fed
+    #: from the journal, and an instance passed in ``trackers=[...]`` runs in the training
+    #: process; ``True``, in the delivery process either way (its class must be importable
+    #: and its settings JSON); ``False``, always in the training process, on a worker thread
+    #: (it needs the training process: the model, a context of the loop thread, or it feeds
+    #: values back into the logs)
+    out_of_process: ClassVar[bool | None] = None
     #: joins nested config keys
     param_separator: ClassVar[str] = "/"
     #: backend limits applied by trackmux, with a warning when something is cut
