@@ -72,6 +72,7 @@ TRACKMUX_DEFAULTS = {
     "tracker_queue_size": 10000,
     "tracker_close_timeout": 30.0,
     "tracker_stall_timeout": 300.0,
+    "tracker_delivery": None,
     "save_on_interrupt": False,
     "journal_errors": "retry",
     "stop_on_nonfinite_loss": False,
@@ -114,12 +115,13 @@ def test_field_set_and_order():
     names = [f.name for f in dataclasses.fields(TrainingArguments)]
     assert set(names) == set(HF_DEFAULTS) | set(TRACKMUX_DEFAULTS)
     assert names[0] == "output_dir"
-    assert names[-8:] == [
+    assert names[-9:] == [
         "tracker_strict",
         "tracker_artifacts",
         "tracker_queue_size",
         "tracker_close_timeout",
         "tracker_stall_timeout",
+        "tracker_delivery",
         "save_on_interrupt",
         "journal_errors",
         "stop_on_nonfinite_loss",
@@ -295,6 +297,8 @@ BAD_VALUES = [
     ("tracker_close_timeout", 0, ValueError, "finite number > 0"),
     ("tracker_close_timeout", -3.0, ValueError, "finite number > 0"),
     ("tracker_stall_timeout", 0, ValueError, "finite number > 0"),
+    ("tracker_delivery", "processes", ValueError, "choose one of 'process', 'thread'"),
+    ("tracker_delivery", 1, TypeError, "one of 'process', 'thread'"),
 ]
 
 
