@@ -28,6 +28,8 @@ logger = logging.getLogger("trackmux.companion")
 POLL = 0.1
 #: failed attempts in a row (no record confirmed in between) before a tracker is given up
 ATTEMPTS = 4
+#: seconds before the first retry of a tracker that failed; doubled at each failure
+RETRY_AFTER = 1.0
 
 
 def main() -> int:
@@ -134,7 +136,7 @@ def _feed(spec: dict, target: dict, state: dict, save, parent: int) -> None:
                 save(name, entry)
                 logger.error("%s: giving up after %d failed attempts", name, failures)
                 return
-            time.sleep(min(30.0, 2.0**failures))
+            time.sleep(min(30.0, RETRY_AFTER * 2.0 ** (failures - 1)))
 
 
 def _tracker(target: dict):

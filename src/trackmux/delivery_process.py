@@ -200,7 +200,7 @@ class DeliveryProcess:
 
 def describe(name: str, entry: dict, total: int) -> str:
     """One tracker's delivery, in a few words: ``mlflow 120/145 records, open``."""
-    done = int(entry.get("records", 0))
+    done = int(entry.get("records") or 0)
     if entry.get("gave_up"):
         how = f"given up: {entry.get('error')}"
     elif done >= total and entry.get("finished") is not None:
