@@ -50,13 +50,13 @@ def delivery_mode(field: str | None) -> str:
 def target(tracker: Tracker, *, explicit: bool) -> dict | None:
     """What the delivery process needs to build ``tracker`` (its class and settings), or
     None when it runs in the training process (docs/plugins/writing.md)."""
-    from .hub import has_direct_hooks
-
     cls = type(tracker)
     wanted = cls.out_of_process
     if tracker.synchronous or wanted is False or (explicit and wanted is not True):
         return None
-    if has_direct_hooks(tracker) or cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+    if tracker.needs_training_process() or cls.__module__ == "__main__":
+        return None
+    if "<locals>" in cls.__qualname__:
         return None
     try:
         settings = json.loads(json.dumps(tracker.settings))

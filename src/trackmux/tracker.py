@@ -283,6 +283,16 @@ class Tracker:
         """Close the run: ``status`` is "success", "failed" or "killed"."""
         raise NotImplementedError(f"{type(self).__name__} must implement finish()")
 
+    def needs_training_process(self) -> bool:
+        """Whether this tracker must run in the training process even where it could run
+        out of it (:attr:`out_of_process`): by default when its class says
+        ``out_of_process = False`` or it implements hooks itself (they run in the training
+        process, on the object that started the run). Override to decide per setting (W&B
+        watching the model needs the model)."""
+        from .hub import has_direct_hooks
+
+        return type(self).out_of_process is False or has_direct_hooks(self)
+
     @classmethod
     def stores_artifacts(cls) -> bool:
         return cls.log_artifact is not Tracker.log_artifact
