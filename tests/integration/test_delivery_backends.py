@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from test_reliability_backends import (
@@ -21,12 +20,12 @@ from test_reliability_backends import (
     mlflow_runs,
     mlflow_steps,
     tensorboard,
+    wait_delivered,
     wait_for_step,
     wandb_runs,
 )
 
 from trackmux.cli import main as cli
-from trackmux.replay import Journal
 from trackmux.runlog import read_run
 from trackmux.sync import read_state
 from trackmux.testing.processes import rest_of_output
@@ -84,27 +83,6 @@ def start(tmp_path, mlflow_url, trackers):
     )
 
 
-def wait_until_closed(run_dir, names, timeout: float = 600.0) -> dict:
-    """The state file's entries once every tracker of ``names`` has the whole journal and
-    closed its run."""
-    deadline = time.monotonic() + timeout
-    while True:
-        total = Journal(run_dir).count_all()
-        entries = read_state(run_dir)["trackers"]
-        if all(
-            entries.get(n, {}).get("records", -1) >= total and "finished" in entries[n]
-            for n in names
-        ):
-            return entries
-        if time.monotonic() > deadline:
-            log = Path(run_dir, "delivery.log")
-            raise AssertionError(
-                f"not delivered within {timeout} s: {entries}\n"
-                + (log.read_text()[-4000:] if log.exists() else "")
-            )
-        time.sleep(0.1)
-
-
 def test_kill_9_of_the_training_delivers_every_point_and_closes_each_backend_killed(
     tmp_path, mlflow_url, monkeypatch
 ):
@@ -122,7 +100,8 @@ def test_kill_9_of_the_training_delivers_every_point_and_closes_each_backend_kil
     run_dir = tmp_path / "out" / "runs" / "killed"
     log = read_run(run_dir)
     assert not log.finished  # no finish record: the training process died
-    entries = wait_until_closed(run_dir, TRACKERS)
+    wait_delivered(run_dir, TRACKERS)
+    entries = read_state(run_dir)["trackers"]
     assert {entries[n]["status"] for n in TRACKERS} == {"killed"}
     steps = [s for s, _ in log.history("train/loss")]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 30
@@ -185,7 +164,7 @@ def test_a_finished_live_run_is_up_to_date_for_sync(trackmux_env, mlflow_url, mo
     out = trackmux_env / "out"
     run_training(out, report_to=["jsonl", "mlflow"], run_name="live", tracker_close_timeout=600)
     run_dir = out / "runs" / "live"
-    wait_until_closed(run_dir, ["mlflow"])
+    wait_delivered(run_dir, ["mlflow"])
     (run,) = [r for r in mlflow_runs(mlflow_url) if r.info.run_id not in before]
     assert run.info.status == "FINISHED"
     capsys.readouterr()
