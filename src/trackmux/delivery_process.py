@@ -131,6 +131,9 @@ class DeliveryProcess:
         self._checked = now
         if self.process is None or self.process.poll() is None:
             return
+        entries = self.state()
+        if entries and all(entry.get("gave_up") for entry in entries.values()):
+            return  # it gave every tracker up: `trackmux sync` retries them later
         self.restarts += 1
         logger.warning(
             "the delivery process (pid %d) ended with exit code %s while the run goes on; "

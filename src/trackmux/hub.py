@@ -239,6 +239,11 @@ class TrackerHub:
 
     def _report_delivery_errors(self, delivery) -> None:
         for name, entry in delivery.state().items():
+            if entry.get("gave_up") and self.trainer.args.strict_trackers:
+                raise TrackerError(
+                    f"tracker {name!r} failed in the delivery process and was given up: "
+                    f"{entry.get('error')} (strict mode)"
+                )
             if entry.get("error"):
                 logger.warning(
                     "tracker %r (delivery process): %s; see %s",

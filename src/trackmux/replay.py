@@ -260,6 +260,7 @@ class Replay:
         self.done = self.consumed
         self.entry.update(records=self.done, step=self.step)
         self.entry.pop("error", None)
+        self.entry.pop("gave_up", None)
         if self.live is not None:
             self._remember(self.live)
         self._save(self.entry)
