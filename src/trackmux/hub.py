@@ -18,7 +18,7 @@ from ._logging import ensure_default_handler
 from .delivery import TrackerError, TrackerWorker
 from .hookspecs import PROJECT_NAME, hookimpl
 from .run import Run, choose_trackers, generated_run_name, safe_where
-from .tracker import FAILED, KILLED, SUCCESS, Tracker
+from .tracker import FAILED, KILLED, SUCCESS, RunInfo, Tracker
 from .trainer_state import STATE_FILE_NAME, add_tracker_runs
 from .trainer_utils import get_last_checkpoint
 from .values import MetricFilter
@@ -159,9 +159,33 @@ class TrackerHub:
             if tracker.stores_artifacts() and policy != self._policies.get("jsonl"):
                 continue
             spec = target(tracker, explicit=id(tracker) in explicit)
-            if spec is not None:
+            if spec is not None and not self._prepare_keeps(tracker):
                 chosen[tracker.name] = spec
         return chosen
+
+    def _prepare_keeps(self, tracker: Tracker) -> bool:
+        """Run the tracker's ``prepare`` here, where the caller's state is (a run the user
+        opened, the Trainer's arguments): if it kept anything of it, the tracker needs this
+        process and stays (it is prepared again when its run opens, as ``prepare`` allows)."""
+        if type(tracker).prepare is Tracker.prepare:
+            return False
+        args, state = self.trainer.args, self.trainer.state
+        before = dict(vars(tracker))
+        info = RunInfo(
+            name=state.run_name,
+            config={},
+            output_dir=args.output_dir,
+            step=state.global_step,
+            args=args,
+        )
+        try:
+            tracker.prepare(info)
+        except Exception:
+            return True  # its worker here reports the error, as for any tracker
+        return any(
+            value is not before.get(key) and value not in (None, False, "", 0)
+            for key, value in vars(tracker).items()
+        )
 
     def _start_delivery(self, remote: dict[str, dict]) -> None:
         from .delivery_process import DeliveryProcess
