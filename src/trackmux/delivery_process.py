@@ -10,6 +10,7 @@ waits a bounded time for delivery before leaving it to carry on in the backgroun
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -33,6 +34,15 @@ SHOW_EVERY = 2.0
 # processes left delivering in the background: kept referenced so that collecting their
 # Popen object does not warn that they still run
 _BACKGROUND: list[subprocess.Popen] = []
+
+
+@atexit.register
+def _leave_running() -> None:
+    # a delivery process outlives the training process on purpose (it finishes delivering,
+    # then exits): tell Popen not to warn at shutdown that it still runs
+    for process in _BACKGROUND:
+        if process.poll() is None:
+            process.returncode = 0
 
 
 def delivery_mode(field: str | None) -> str:
