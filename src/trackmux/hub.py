@@ -205,7 +205,9 @@ class TrackerHub:
             directory,
             list(remote.values()),
             output_dir=args.output_dir,
-            close_timeout=args.tracker_close_timeout,
+            # the delivery process is patient: nobody waits on it, and a close it gave up on
+            # would leave the backend run open
+            close_timeout=max(args.tracker_close_timeout, args.tracker_stall_timeout),
             give_up_after=args.tracker_stall_timeout,
         ).start()
         logger.info(
