@@ -305,9 +305,9 @@ def test_a_failing_tracker_exits_1_and_the_next_sync_continues_its_run(remote, c
 
 
 def test_progress_is_saved_at_each_flush(remote, monkeypatch):
-    import trackmux.sync
+    import trackmux.replay
 
-    monkeypatch.setattr(trackmux.sync, "FLUSH_EVERY", 2)
+    monkeypatch.setattr(trackmux.replay, "FLUSH_EVERY", 2)
     run_training("out")
     log = read_run(RUN)
     metrics_at = [i for i, r in enumerate(log.records) if r["type"] == "metrics"]
@@ -336,24 +336,24 @@ def test_progress_is_saved_at_each_flush(remote, monkeypatch):
 
 
 def test_ctrl_c_during_a_sync_exits_130_and_the_next_sync_goes_on(remote, monkeypatch, capsys):
-    import trackmux.sync
+    import trackmux.replay
 
     run_training("out")
-    original = trackmux.sync._Replay._send
+    original = trackmux.replay.Replay._send
     sent = []
 
-    def interrupted(self, live, record, index, result):
+    def interrupted(self, record):
         if len(sent) == 3:
             raise KeyboardInterrupt  # Ctrl-C reaches the main thread, which is sending
-        sent.append(index)
-        return original(self, live, record, index, result)
+        sent.append(record)
+        return original(self, record)
 
-    monkeypatch.setattr(trackmux.sync._Replay, "_send", interrupted)
+    monkeypatch.setattr(trackmux.replay.Replay, "_send", interrupted)
     assert sync(RUN) == 130
     assert "interrupted; the next sync continues from here" in capsys.readouterr().err
     [data] = remote.values()
     assert data["status"] == "killed"
-    monkeypatch.setattr(trackmux.sync._Replay, "_send", original)
+    monkeypatch.setattr(trackmux.replay.Replay, "_send", original)
     assert sync(RUN) == 0
     assert list(remote.values()) == [data]  # the same remote run
     assert_same_as_log(data, RUN)
@@ -420,7 +420,9 @@ def test_one_sync_of_a_run_at_a_time(remote, capsys):
     with open(os.path.join(RUN, LOCK_FILE), "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # another sync at work
         assert sync(RUN) == 1
-        assert "another trackmux sync of " in capsys.readouterr().err
+        assert "another trackmux sync, or the run's delivery process, is working on " in (
+            capsys.readouterr().err
+        )
     assert remote == {}
     assert sync(RUN) == 0 and len(remote) == 1
 

@@ -80,6 +80,7 @@ TRACKMUX_DEFAULTS = {
     "tracker_queue_size": 10000,
     "tracker_close_timeout": 30.0,
     "tracker_stall_timeout": 300.0,
+    "tracker_delivery": None,
     "save_on_interrupt": False,
     "journal_errors": "retry",
     "run_journal": True,
@@ -128,12 +129,13 @@ def test_field_set_and_order():
     assert set(HF_DEFAULTS) | set(TRACKMUX_DEFAULTS) <= set(names)
     assert names[0] == "output_dir"
     tracker_block = names.index("tracker_strict")
-    assert names[tracker_block : tracker_block + 9] == [
+    assert names[tracker_block : tracker_block + 10] == [
         "tracker_strict",
         "tracker_artifacts",
         "tracker_queue_size",
         "tracker_close_timeout",
         "tracker_stall_timeout",
+        "tracker_delivery",
         "save_on_interrupt",
         "journal_errors",
         "run_journal",
@@ -314,6 +316,8 @@ BAD_VALUES = [
     ("tracker_close_timeout", 0, ValueError, "finite number > 0"),
     ("tracker_close_timeout", -3.0, ValueError, "finite number > 0"),
     ("tracker_stall_timeout", 0, ValueError, "finite number > 0"),
+    ("tracker_delivery", "processes", ValueError, "choose one of 'process', 'thread'"),
+    ("tracker_delivery", 1, TypeError, "one of 'process', 'thread'"),
 ]
 
 

@@ -345,6 +345,23 @@ def summarize(run) -> dict:
             }
             for a in run.artifacts
         ],
+        "delivery": _delivery(run),
+    }
+
+
+def _delivery(run) -> dict:
+    """Per tracker fed from the journal (the delivery process, ``trackmux sync``): how many
+    of its records reached the backend, and how its run stands (the state file)."""
+    from .sync import SyncError, read_state
+
+    try:
+        trackers = read_state(run.path)["trackers"]
+    except (OSError, SyncError):
+        return {}
+    keys = ("records", "status", "finished", "error", "gave_up", "where")
+    return {
+        name: {**{key: entry.get(key) for key in keys}, "of": len(run.records)}
+        for name, entry in sorted(trackers.items())
     }
 
 
@@ -428,6 +445,13 @@ def _show(run_dir: str, as_json: bool = False) -> int:
     for artifact in info["artifacts"]:
         gone = "" if artifact["exists"] else " (no longer exists)"
         print(f"artifact: {artifact['kind']} at step {artifact['step']}: {artifact['path']}{gone}")
+    if info["delivery"]:
+        print("delivery (from the journal):")
+    from .delivery_process import describe
+    from .values import redact_text
+
+    for name, entry in info["delivery"].items():
+        print(f"  {redact_text(describe(name, entry, entry['of']))}")
     return 0
 
 

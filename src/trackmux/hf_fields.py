@@ -269,6 +269,9 @@ FIELDS: dict[str, FieldStatus] = {
     "tracker_queue_size": _own("records buffered for trackers"),
     "tracker_close_timeout": _own("how long closing the trackers may take"),
     "tracker_stall_timeout": _own("when a silent tracker is reported as stalled"),
+    "tracker_delivery": _own(
+        "where trackers run: a delivery process fed from the journal, or threads"
+    ),
     "save_on_interrupt": _own("save a checkpoint on Ctrl-C / SIGTERM"),
     "journal_errors": _own("what to do when the run journal cannot be written"),
     "run_journal": _own("keep the run journal (events.jsonl); False turns it off"),

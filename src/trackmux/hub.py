@@ -18,7 +18,7 @@ from ._logging import ensure_default_handler
 from .delivery import TrackerError, TrackerWorker
 from .hookspecs import PROJECT_NAME, hookimpl
 from .run import Run, choose_trackers, generated_run_name, safe_where
-from .tracker import FAILED, KILLED, SUCCESS, Tracker
+from .tracker import FAILED, KILLED, SUCCESS, RunInfo, Tracker
 from .trainer_state import TRACKMUX_STATE_FILE_NAME, add_tracker_runs
 from .trainer_utils import get_last_checkpoint
 from .values import MetricFilter
@@ -26,6 +26,9 @@ from .values import MetricFilter
 logger = logging.getLogger(__name__)
 
 FINAL_MODEL_DIR = "final-model"
+#: seconds an interrupted session waits for trackers in the training process to close: the
+#: checkpoint is written, the journal closed; train() hands control back now
+INTERRUPT_CLOSE_SECONDS = 1.5
 
 
 class TrackerHub:
@@ -41,6 +44,11 @@ class TrackerHub:
         self._policies: dict[str, str] = {}
         #: state files saved this session while trackers were still starting: their names
         self._unsettled: dict[str, list[str]] = {}
+        #: the delivery process of the open session (None: every tracker is in this process)
+        self.delivery = None
+        #: set by the Trainer when a signal stops training: nothing waits on a tracker then
+        self.interrupted = False
+        self._last_delivery = None
 
     @classmethod
     def for_trainer(cls, trainer) -> TrackerHub:
@@ -110,8 +118,10 @@ class TrackerHub:
             state.run_name = args.run_name or generated_run_name()
         # a bad artifact setting fails here, before the first step, not at the first save
         self._policies = {tracker.name: self._resolve_policy(tracker) for tracker in self.trackers}
+        self.interrupted = False
+        remote = self._out_of_process()
         self.run = Run(
-            self.trackers,
+            [tracker for tracker in self.trackers if tracker.name not in remote],
             name=state.run_name,
             config=self._config(),
             output_dir=args.output_dir,
@@ -125,6 +135,87 @@ class TrackerHub:
             stall_timeout=args.tracker_stall_timeout,
             on_stall=self._show_stall,
         ).open()
+        if remote:
+            self._start_delivery(remote)
+
+    def _out_of_process(self) -> dict[str, dict]:
+        """The trackers the delivery process feeds from the journal: {name: what it needs}.
+        None when the journal is off, in thread mode, or on a rank that does not report."""
+        from .delivery_process import delivery_mode, target
+
+        args = self.trainer.args
+        if (
+            delivery_mode(args.tracker_delivery) != "process"
+            or not self.trainer.distributed.is_world_zero
+        ):
+            return {}
+        journal = next((t for t in self.trackers if t.name == "jsonl"), None)
+        if journal is None:
+            return {}
+        explicit = [id(tracker) for tracker in self.trainer._explicit_trackers]
+        chosen = {}
+        for tracker in self.trackers:
+            # a tracker with an artifact policy of its own gets its artifacts in this process
+            policy = self._policies.get(tracker.name)
+            if tracker.stores_artifacts() and policy != self._policies.get("jsonl"):
+                continue
+            spec = target(tracker, explicit=id(tracker) in explicit)
+            if spec is not None and not self._prepare_keeps(tracker):
+                chosen[tracker.name] = spec
+        return chosen
+
+    def _prepare_keeps(self, tracker: Tracker) -> bool:
+        """Run the tracker's ``prepare`` here, where the caller's state is (a run the user
+        opened, the Trainer's arguments): if it kept anything of it, the tracker needs this
+        process and stays (it is prepared again when its run opens, as ``prepare`` allows)."""
+        if type(tracker).prepare is Tracker.prepare:
+            return False
+        args, state = self.trainer.args, self.trainer.state
+        before = dict(vars(tracker))
+        info = RunInfo(
+            name=state.run_name,
+            config={},
+            output_dir=args.output_dir,
+            step=state.global_step,
+            args=args,
+        )
+        try:
+            tracker.prepare(info)
+        except Exception:
+            return True  # its worker here reports the error, as for any tracker
+        return any(
+            value is not before.get(key) and value not in (None, False, "", 0)
+            for key, value in vars(tracker).items()
+        )
+
+    def _start_delivery(self, remote: dict[str, dict]) -> None:
+        from .delivery_process import DeliveryProcess
+
+        args = self.trainer.args
+        journal = next((w for w in self.run.workers if w.tracker.name == "jsonl"), None)
+        directory = getattr(journal.tracker, "directory", None) if journal else None
+        trackers = [tracker for tracker in self.trackers if tracker.name in remote]
+        if directory is None or journal.disabled:
+            logger.warning(
+                "the run journal could not be opened: %s run in the training process",
+                ", ".join(repr(t.name) for t in trackers),
+            )
+            self.run.adopt(trackers)
+            return
+        self.delivery = DeliveryProcess(
+            directory,
+            list(remote.values()),
+            output_dir=args.output_dir,
+            # the delivery process is patient: nobody waits on it, and a close it gave up on
+            # would leave the backend run open
+            close_timeout=max(args.tracker_close_timeout, args.tracker_stall_timeout),
+            give_up_after=args.tracker_stall_timeout,
+        ).start()
+        logger.info(
+            "delivery process %d feeds %s from the run journal",
+            self.delivery.pid,
+            ", ".join(repr(t.name) for t in trackers),
+        )
 
     def _resume_identity(self, name: str, kind: str) -> dict | None:
         """A training continues a run only when resumed from a checkpoint (the state holds
@@ -158,20 +249,55 @@ class TrackerHub:
         if kind == "train" and status == SUCCESS:
             self._final_artifacts()
         run, self.run = self.run, None
+        delivery, self.delivery = self.delivery, None
+        if self.interrupted:
+            run.close_timeout = min(run.close_timeout, INTERRUPT_CLOSE_SECONDS)
         try:
             run.finish(status)  # waits for the trackers, those still starting included
+            if delivery is not None and not self.interrupted:
+                # the journal holds the finish record: the delivery process closes the runs
+                delivery.wait(self.trainer.args.tracker_close_timeout)
         finally:
-            self._remember_identities(run)
+            self._remember_identities(run, delivery)
             self._unsettled.clear()  # what did not start by now never will in this run
+        if delivery is not None:
+            self._last_delivery = delivery
+            self._report_delivery_errors(delivery)
 
-    def _remember_identities(self, run: Run) -> None:
+    def _report_delivery_errors(self, delivery) -> None:
+        for name, entry in delivery.state().items():
+            if entry.get("gave_up") and self.trainer.args.strict_trackers:
+                raise TrackerError(
+                    f"tracker {name!r} failed in the delivery process and was given up: "
+                    f"{entry.get('error')} (strict mode)"
+                )
+            if entry.get("error"):
+                logger.warning(
+                    "tracker %r (delivery process): %s; see %s",
+                    name,
+                    entry["error"],
+                    delivery.run_dir,
+                )
+
+    def _remember_identities(self, run: Run, delivery=None) -> None:
+        identities = dict(run.identities)
+        if delivery is not None:
+            identities.update(delivery.identities())
         state = self.trainer.state
-        self._identities.update(run.identities)
-        state.tracker_runs.update(run.identities)
+        self._identities.update(identities)
+        state.tracker_runs.update(identities)
         state.tracker_runs_pending = [
-            name for name in state.tracker_runs_pending if name not in run.identities
+            name for name in state.tracker_runs_pending if name not in identities
         ]
-        self._complete_checkpoints(run.identities)
+        self._complete_checkpoints(identities)
+
+    def _starting(self) -> list[str]:
+        """Trackers whose run has no identity yet (in this process or the other)."""
+        starting = self.run.starting()
+        if self.delivery is not None:
+            known = self.delivery.identities()
+            starting += [name for name in self.delivery.names if name not in known]
+        return starting
 
     def before_checkpoint(self, directory: str) -> None:
         """Wait for the trackers, within ``tracker_close_timeout`` in all (a start that has
@@ -183,9 +309,10 @@ class TrackerHub:
         state.tracker_runs_pending = []
         if self.run is None:
             return
-        self.run.flush(args.tracker_close_timeout)
-        self._remember_identities(self.run)
-        starting = self.run.starting()
+        # an interrupt checkpoint waits on no tracker: it comes first (docs/reliability.md)
+        self.run.flush(0.0 if self.interrupted else args.tracker_close_timeout)
+        self._remember_identities(self.run, self.delivery)
+        starting = self._starting()
         if not starting or not args.should_save:
             return
         self._unsettled[os.path.join(directory, TRACKMUX_STATE_FILE_NAME)] = starting
@@ -240,7 +367,12 @@ class TrackerHub:
 
     def where(self) -> list[tuple[str, str | None]]:
         """(tracker name, where its data is) for each tracker of the last session."""
-        return [(tracker.name, safe_where(tracker)) for tracker in self.trackers]
+        delivery = self.delivery or self._last_delivery
+        remote = delivery.where() if delivery is not None else {}
+        return [
+            (tracker.name, remote.get(tracker.name) or safe_where(tracker))
+            for tracker in self.trackers
+        ]
 
     # -- artifacts -------------------------------------------------------------------------
 
@@ -275,6 +407,8 @@ class TrackerHub:
     def on_log(self, state, logs):
         if self.run is None:
             return
+        if self.delivery is not None:
+            self.delivery.check()
         metrics = self.filter.numeric(logs)
         if not metrics:
             return
@@ -297,6 +431,16 @@ class TrackerHub:
         for worker in self.workers:
             if self._policy(worker.tracker) == "checkpoint":
                 self.run.deliver(worker, "log_artifact", directory, "checkpoint", state.global_step)
+
+
+def has_direct_hooks(tracker: Tracker) -> bool:
+    """Whether the tracker implements hooks itself (they run in the training process)."""
+    marker = f"{PROJECT_NAME}_impl"
+    return any(
+        callable(function := getattr(type(tracker), attribute, None))
+        and getattr(function, marker, None) is not None
+        for attribute in dir(type(tracker))
+    )
 
 
 def _direct_hooks(tracker: Tracker, hub: TrackerHub):

@@ -128,20 +128,32 @@ class Run:
         before it are part of the config every tracker starts with."""
         ensure_default_handler()
         for tracker in self.trackers:
-            worker = TrackerWorker(
-                tracker,
-                queue_size=self.queue_size,
-                strict=self.strict,
-                on_stall=self.on_stall,
-                give_up_after=self.stall_timeout,
-            )
-            self.workers.append(worker)
-            tracker._worker = worker
-            tracker.run_info = self._run_info(tracker)
-            worker.prepare(tracker.run_info)
+            self._add_worker(tracker)
         if start:
             self._start()
         return self
+
+    def _add_worker(self, tracker: Tracker) -> TrackerWorker:
+        worker = TrackerWorker(
+            tracker,
+            queue_size=self.queue_size,
+            strict=self.strict,
+            on_stall=self.on_stall,
+            give_up_after=self.stall_timeout,
+        )
+        self.workers.append(worker)
+        tracker._worker = worker
+        tracker.run_info = self._run_info(tracker)
+        worker.prepare(tracker.run_info)
+        return worker
+
+    def adopt(self, trackers: list[Tracker]) -> None:
+        """Add trackers to the open run (the delivery process could not take them)."""
+        for tracker in trackers:
+            self.trackers.append(tracker)
+            worker = self._add_worker(tracker)
+            if self._started and not worker.disabled:
+                worker.submit("start", tracker.run_info)
 
     def _run_info(self, tracker: Tracker) -> RunInfo:
         return RunInfo(

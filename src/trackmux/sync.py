@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .runlog import RunLog, events_path, read_run
-from .tracker import KILLED, STATUSES, Tracker
+from .tracker import Tracker
 from .values import redact_identity, redact_text
 
 STATE_FILE = "sync-state.json"
@@ -34,9 +34,6 @@ LOCK_FILE = "sync-state.lock"
 STATE_FORMAT = 1
 #: the separator the jsonl tracker flattened the config with
 JSONL_SEPARATOR = "/"
-#: records sent between two flushes; the state is saved at each, so a sync that fails
-#: resends at most this many records (into a backend that cannot drop them: twice)
-FLUSH_EVERY = 500
 
 
 class SyncError(Exception):
@@ -97,24 +94,9 @@ def split_sessions(records: list[dict]) -> list[Session]:
 def superseded(records: list[dict]) -> set[int]:
     """Indexes of the metrics records a later resumed training replaced: points logged after
     the checkpoint it resumed from (the rule of :func:`trackmux.runlog.read_run`)."""
-    dropped: set[int] = set()
-    resumed_at = math.inf
-    for index in range(len(records) - 1, -1, -1):
-        record = records[index]
-        kind = record.get("type")
-        if kind == "metrics" and record.get("step", 0) > resumed_at:
-            dropped.add(index)
-        elif kind == "start" and record.get("resumed") and record.get("kind") == "train":
-            resumed_at = min(resumed_at, record.get("step") or 0)
-    return dropped
+    from .replay import superseded as replaced
 
-
-def _same_step(records: list[dict], index: int, step) -> bool:
-    """Whether ``records[index]`` is a metrics record at ``step``."""
-    if index >= len(records):
-        return False
-    record = records[index]
-    return record.get("type") == "metrics" and record.get("step") == step
+    return replaced(list(enumerate(records)))
 
 
 def nested_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -134,10 +116,6 @@ def nested_config(config: dict[str, Any]) -> dict[str, Any]:
             return dict(config)
         node[parts[-1]] = value
     return nested
-
-
-def _number(value):
-    return float(value) if isinstance(value, str) else value
 
 
 # -- the state file -------------------------------------------------------------------------
@@ -260,19 +238,81 @@ def sync_run(
             )
         state["format"] = STATE_FORMAT
         state["log"] = fingerprint
+        total = len(run.records)
+        del run  # the replay reads the journal itself, record by record
         targets = [(name, None) for name in names] + [(t.name, t) for t in trackers or ()]
+        save = _saver(run_dir, state)
         results = []
         for name, tracker in targets:
-            replay = _Replay(
-                run, name, tracker, tracker_config, os.fspath(output_dir), close_timeout, warn
+            results.append(
+                _sync_one(
+                    run_dir,
+                    state,
+                    save,
+                    name,
+                    tracker,
+                    total,
+                    tracker_config=tracker_config,
+                    output_dir=os.fspath(output_dir),
+                    close_timeout=close_timeout,
+                    warn=warn,
+                )
             )
-            results.append(replay.replay(state, lambda: _write_state(run_dir, state)))
     return results
 
 
+def _saver(run_dir: str, state: dict):
+    """``save(name, entry)``: the state with ``entry`` as ``name``'s, written at once. Safe
+    from several threads (the delivery process feeds each tracker on its own)."""
+    lock = threading.Lock()
+
+    def save(name: str, entry: dict) -> None:
+        with lock:
+            state["trackers"][name] = {**entry, "synced": time.time()}
+            _write_state(run_dir, state)
+
+    return save
+
+
+def _sync_one(run_dir, state, save, name, tracker, total, **options) -> SyncResult:
+    from .replay import Journal, Replay
+
+    entry = dict(state["trackers"].get(name) or {})
+    done = int(entry.get("records", 0))
+    if done > total:
+        raise SyncError(
+            f"{state_path(run_dir)}: {name} holds {done} records of this log, "
+            f"which has only {total}: was the log rewritten? Delete the state file to "
+            "sync it into a new remote run"
+        )
+    replay = Replay(name, entry, lambda e: save(name, e), tracker=tracker, **options)
+    result = SyncResult(name, total=total, status=entry.get("status"), where=entry.get("where"))
+    try:
+        replay.feed(Journal(run_dir).read())
+        replay.end()
+    except BaseException as error:
+        replay.abort()
+        _outcome(result, replay, entry)
+        if not isinstance(error, Exception):
+            raise
+        result.error = f"{type(error).__name__}: {error}"
+        return result
+    _outcome(result, replay, entry)
+    return result
+
+
+def _outcome(result: SyncResult, replay, entry: dict) -> None:
+    result.records = replay.sent
+    result.sessions = replay.sessions
+    result.status = entry.get("status")
+    result.where = entry.get("where")
+    result.missing_artifacts = replay.missing_artifacts
+
+
 @contextlib.contextmanager
-def _exclusive(run_dir: str):
-    """One sync of a run at a time: two would both send what the state lacks."""
+def _exclusive(run_dir: str, *, wait: bool = False):
+    """One sync or delivery process of a run at a time: two would both send what the state
+    lacks. ``wait``: block until the other one is done instead of refusing."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory lock; concurrent syncs are the caller's to avoid
@@ -280,150 +320,9 @@ def _exclusive(run_dir: str):
         return
     with open(os.path.join(run_dir, LOCK_FILE), "a", encoding="utf-8") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise SyncError(f"another trackmux sync of {run_dir} is running") from None
-        yield  # the lock goes with the file's closing, even if this process is killed
-
-
-class _Replay:
-    """One tracker's replay: each session not (fully) sent yet goes through its own
-    ``start_run``, strict, so that a failure stops the replay where the state says."""
-
-    def __init__(self, run, name, tracker, tracker_config, output_dir, close_timeout, warn):
-        self.run = run
-        self.name = name
-        self.tracker = tracker
-        self.tracker_config = {name: (tracker_config or {}).get(name) or {}}
-        self.output_dir = output_dir
-        self.close_timeout = close_timeout
-        self.warn = warn or (lambda line: None)
-        self.dropped = superseded(run.records)
-        self.entry: dict[str, Any] = {}
-        self.save = None
-
-    def replay(self, state: dict, save) -> SyncResult:
-        self.entry = entry = state["trackers"].get(self.name) or {}
-
-        def save_entry():
-            entry["synced"] = time.time()
-            state["trackers"][self.name] = entry
-            save()
-
-        self.save = save_entry
-        done = int(entry.get("records", 0))
-        total = len(self.run.records)
-        result = SyncResult(self.name, total=total, status=entry.get("status"))
-        result.where = entry.get("where")
-        if done > total:
             raise SyncError(
-                f"{state_path(self.run.path)}: {self.name} holds {done} records of this log, "
-                f"which has only {total}: was the log rewritten? Delete the state file to "
-                "sync it into a new remote run"
-            )
-        for session in split_sessions(self.run.records):
-            if session.end <= done:
-                continue
-            try:
-                self._session(session, done, result)
-            except Exception as error:
-                result.error = f"{type(error).__name__}: {error}"
-                return result
-            done = session.end
-        return result
-
-    def _session(self, session: Session, done: int, result: SyncResult) -> None:
-        """Send the records of ``session`` not sent yet, then close the remote run with the
-        session's status ("killed" without a finish record)."""
-        from .run import start_run
-
-        entry, records = self.entry, self.run.records
-        if done > session.begin:
-            # a session an earlier sync sent part of: reopen the remote run where it stopped
-            first, step = done, entry.get("step", session.step)
-        else:
-            first, step = session.begin + 1, session.step
-        identity = entry.get("identity")
-        live = start_run(
-            report_to=[] if self.tracker is not None else [self.name],
-            trackers=[self.tracker] if self.tracker is not None else None,
-            tracker_config=self.tracker_config if self.tracker is None else None,
-            config=nested_config(session.config),
-            output_dir=self.output_dir,
-            run_name=self.run.name,
-            resume={self.name: identity} if identity else None,
-            step=step,
-            kind=session.kind,
-            strict=True,
-            close_timeout=self.close_timeout,
-            # the journal is what is being replayed: a sync writes no journal of its own
-            run_journal=False,
-        )
-        unconfirmed = 0
-        try:
-            for index in range(first, session.end):
-                record = records[index]
-                unconfirmed += self._send(live, record, index, result)
-                if record.get("type") == "metrics":
-                    step = record.get("step", step)
-                if unconfirmed >= FLUSH_EVERY and not _same_step(records, index + 1, step):
-                    # what a flush confirmed is not sent again if the sync fails later; only
-                    # between steps, so that a continuation reopening at ``step`` (which a
-                    # backend may purge after) holds every point of that step once
-                    live.flush()
-                    self._progress(live, result, unconfirmed, records=index + 1, step=step)
-                    unconfirmed = 0
-            live.flush()
-        except BaseException:
-            try:
-                live.finish(KILLED)
-            except Exception:
-                pass  # the error that stopped the replay is the one to report
-            self._remember(live)
-            self.entry["status"] = result.status = KILLED
-            self.save()
-            raise
-        status = session.status if session.status in STATUSES else KILLED
-        live.finish(status)
-        result.sessions += 1
-        result.status = status
-        self.entry.update(status=status, finished=session.status is not None)
-        self._progress(live, result, unconfirmed, records=session.end, step=step)
-
-    def _progress(self, live, result: SyncResult, sent: int, *, records: int, step) -> None:
-        result.records += sent
-        self.entry.update(records=records, step=step)
-        self._remember(live)
-        result.where = self.entry.get("where")
-        self.save()
-
-    def _remember(self, live) -> None:
-        identity = live.identities.get(self.name)
-        if identity is not None:
-            self.entry["identity"] = identity
-        where = dict(live.where()).get(self.name)
-        if where:
-            self.entry["where"] = where
-
-    def _send(self, live, record: dict, index: int, result: SyncResult) -> int:
-        kind = record.get("type")
-        if kind == "metrics":
-            if index in self.dropped:
-                return 0
-            metrics = {k: _number(v) for k, v in (record.get("metrics") or {}).items()}
-            live.log(metrics, step=record.get("step"), epoch=record.get("epoch"))
-        elif kind == "summary":
-            metrics = {k: _number(v) for k, v in (record.get("metrics") or {}).items()}
-            live.log_summary(metrics, step=record.get("step"))
-        elif kind == "params":
-            live.log_params(nested_config(record.get("params") or {}))
-        elif kind == "artifact":
-            path = record.get("path")
-            if not path or not os.path.exists(path):
-                result.missing_artifacts.append(str(path))
-                self.warn(f"{self.name}: artifact {path} no longer exists: not sent")
-                return 0
-            live.log_artifact(path, kind=record.get("kind", "checkpoint"), step=record.get("step"))
-        else:
-            return 0  # start, finish and the original run's delivery figures
-        return 1
+                f"another trackmux sync, or the run's delivery process, is working on {run_dir}"
+            ) from None
+        yield  # the lock goes with the file's closing, even if this process is killed

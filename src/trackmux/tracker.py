@@ -76,6 +76,14 @@ class Tracker:
     all_ranks: ClassVar[bool] = False
     #: True to be called inline on the loop thread (cheap local writers only)
     synchronous: ClassVar[bool] = False
+    #: where the tracker runs when the run journal is on (docs/plugins/writing.md, "Where a
+    #: tracker runs"): ``None``, a plugin chosen by name runs in the delivery process, fed
+    #: from the journal, and an instance passed in ``trackers=[...]`` runs in the training
+    #: process; ``True``, in the delivery process either way (its class must be importable
+    #: and its settings JSON); ``False``, always in the training process, on a worker thread
+    #: (it needs the training process: the model, a context of the loop thread, or it feeds
+    #: values back into the logs)
+    out_of_process: ClassVar[bool | None] = None
     #: joins nested config keys
     param_separator: ClassVar[str] = "/"
     #: backend limits applied by trackmux, with a warning when something is cut
@@ -297,6 +305,16 @@ class Tracker:
     def finish(self, status: str) -> None:
         """Close the run: ``status`` is "success", "failed" or "killed"."""
         raise NotImplementedError(f"{type(self).__name__} must implement finish()")
+
+    def needs_training_process(self) -> bool:
+        """Whether this tracker must run in the training process even where it could run
+        out of it (:attr:`out_of_process`): by default when its class says
+        ``out_of_process = False`` or it implements hooks itself (they run in the training
+        process, on the object that started the run). Override to decide per setting (W&B
+        watching the model needs the model)."""
+        from .hub import has_direct_hooks
+
+        return type(self).out_of_process is False or has_direct_hooks(self)
 
     @classmethod
     def stores_artifacts(cls) -> bool:

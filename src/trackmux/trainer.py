@@ -719,6 +719,8 @@ class Trainer(TransformersMethods):
                 self.state.global_step,
                 cause,
             )
+            if self._tracker_hub is not None:
+                self._tracker_hub.interrupted = True  # the checkpoint waits on no tracker
             if self.args.save_on_interrupt:
                 self._save_on_interrupt()
         self._notify_exception(exception)

@@ -58,6 +58,8 @@ SAVE_STRATEGIES: tuple[str, ...] = ("no", "steps", "epoch", "best")
 """Allowed values of ``save_strategy``."""
 
 TRACKER_ARTIFACT_POLICIES: tuple[str, ...] = ("none", "end", "checkpoint", "best", "last")
+TRACKER_DELIVERY_MODES: tuple[str, ...] = ("process", "thread")
+"""Allowed values of ``tracker_delivery`` (None: env ``TRACKMUX_DELIVERY``, else "process")."""
 """Allowed values of ``tracker_artifacts``."""
 
 JOURNAL_ERROR_MODES: tuple[str, ...] = ("retry", "stop")
@@ -271,10 +273,12 @@ def _check_steps(name: str, *, optional: bool = False, allow_zero: bool = True) 
     return check
 
 
-def _check_choice(name: str, choices: Sequence[str]) -> Checker:
+def _check_choice(name: str, choices: Sequence[str], *, optional: bool = False) -> Checker:
     listing = ", ".join(repr(c) for c in choices)
 
     def check(value: Any) -> Any:
+        if optional and value is None:
+            return None
         if isinstance(value, enum.Enum) and isinstance(value.value, str):
             value = value.value  # e.g. a transformers IntervalStrategy member
         if not isinstance(value, str):
@@ -501,6 +505,7 @@ _FIELD_CHECKS: dict[str, Checker] = {
     "tracker_queue_size": _check_int("tracker_queue_size", low=1),
     "tracker_close_timeout": _check_float("tracker_close_timeout", low=0, low_inclusive=False),
     "tracker_stall_timeout": _check_float("tracker_stall_timeout", low=0, low_inclusive=False),
+    "tracker_delivery": _check_choice("tracker_delivery", TRACKER_DELIVERY_MODES, optional=True),
     "save_on_interrupt": _check_bool("save_on_interrupt"),
     "journal_errors": _check_choice("journal_errors", JOURNAL_ERROR_MODES),
     "run_journal": _check_bool("run_journal"),
@@ -717,6 +722,7 @@ class TrainingArguments:
     tracker_queue_size: int = 10000
     tracker_close_timeout: float = 30.0
     tracker_stall_timeout: float = 300.0
+    tracker_delivery: str | None = None
     save_on_interrupt: bool = False
     journal_errors: str = "retry"
     run_journal: bool = True

@@ -37,7 +37,11 @@ def test_every_plugin_is_installed_and_available():
 
 
 def test_report_to_all_reaches_every_tracker(trackmux_env):
-    trainer = run_training(trackmux_env / "out", report_to="all", tracker_strict=True)
+    # a generous deadline, not a budget: train() waits for the delivery process to have
+    # started every tracker it feeds (their "where" is in the run's state file)
+    trainer = run_training(
+        trackmux_env / "out", report_to="all", tracker_strict=True, tracker_close_timeout=600
+    )
     chosen = {tracker.name for tracker in trainer.trackers.trackers}
     unconfigured = {
         name
@@ -108,7 +112,9 @@ def test_every_local_backend_received_every_metric_of_every_logged_step(trackmux
     """Issue 4's check: mlflow, dvclive, codecarbon and tensorboard together, each read back
     with its own reader and compared with the jsonl log of the same run."""
     names = ["jsonl", "mlflow", "dvclive", "codecarbon", "tensorboard"]
-    trainer = run_training(trackmux_env / "out", report_to=names)
+    # read back through the tracker objects: they must run in this process (thread mode);
+    # tests/integration/test_delivery_backends.py reads the delivery process's backends
+    trainer = run_training(trackmux_env / "out", report_to=names, tracker_delivery="thread")
     trackers = {tracker.name: tracker for tracker in trainer.trackers.trackers}
     assert sorted(trackers) == sorted(names)
     log = read_run(find_runs(trackmux_env / "out")[-1])
@@ -149,7 +155,8 @@ def test_every_hosted_backend_received_every_metric_offline(trackmux_env):
     """Issue 5's check: wandb, comet_ml, neptune and clearml together and offline, each read
     back from its offline files and compared with the jsonl log of the same run."""
     names = ["jsonl", "wandb", "comet_ml", "neptune", "clearml"]
-    trainer = run_training(trackmux_env / "out", report_to=names)
+    # read back through the tracker objects: they must run in this process (thread mode)
+    trainer = run_training(trackmux_env / "out", report_to=names, tracker_delivery="thread")
     trackers = {tracker.name: tracker for tracker in trainer.trackers.trackers}
     assert sorted(trackers) == sorted(names)
     expected = read_run(find_runs(trackmux_env / "out")[-1]).metrics

@@ -18,6 +18,7 @@ import pytest
 from reliability_helpers import Recorder, make_trainer
 
 from trackmux import TrainerCallback
+from trackmux.runlog import find_runs, read_run
 from trackmux.trainer_state import STATE_FILE_NAME, TRACKMUX_STATE_FILE_NAME, TrainerState
 
 GENEROUS = 60.0  # seconds: a deadline for something that will happen
@@ -174,36 +175,37 @@ def test_resuming_a_checkpoint_saved_before_a_start_returned_opens_a_new_run(
 
 
 class InterruptAt(TrainerCallback):
-    """Opens the gate, then raises KeyboardInterrupt at the beginning of step ``step``: the
-    start was still held when training was interrupted, and takes seconds from there."""
+    """Raises KeyboardInterrupt at the beginning of step ``step``: the start is still held."""
 
     def __init__(self, gate: threading.Event, step: int):
         self.gate, self.step = gate, step
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step + 1 == self.step:
-            self.gate.set()
             raise KeyboardInterrupt
 
 
-def test_an_interrupt_checkpoint_holds_the_identity_of_a_tracker_still_starting(
-    tmp_path, caplog, gate
-):
-    slow = SlowStart(gate, delay=2.0)
+def test_an_interrupt_checkpoint_waits_on_no_tracker(tmp_path, caplog, gate):
+    """Issue 14, point 6: the interrupt checkpoint comes first; a tracker still starting is
+    not waited for (it is named in ``tracker_runs_pending``) and train() hands control back
+    while that start is still held."""
+    slow = SlowStart(gate)
     trainer = make_trainer(
         tmp_path,
         [slow],
         callbacks=[InterruptAt(gate, 3)],
         save_on_interrupt=True,
         tracker_close_timeout=GENEROUS,
+        tracker_delivery="thread",
     )
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
+    assert not gate.is_set() and not slow.returned.is_set()  # train() returned meanwhile
     state = saved_state(tmp_path / "checkpoint-2")
-    assert state["tracker_runs"]["slow"] == {"id": "slow-run-1"}
-    assert state["tracker_runs_pending"] == []
-    assert not [r for r in caplog.records if "had not started" in r.getMessage()]
-    assert slow.calls[-1] == ("finish", "killed")
+    assert state["tracker_runs_pending"] == ["slow"]
+    assert "slow" not in state["tracker_runs"]
+    [finish] = [r for r in read_run(find_runs(tmp_path)[-1]).records if r["type"] == "finish"]
+    assert finish["status"] == "killed"
 
 
 def test_a_state_file_without_tracker_runs_pending_still_loads(tmp_path):

@@ -420,6 +420,56 @@ class TrackerConformance:
         if data.status is not None:
             assert data.status == "success"
 
+    # -- the same tracker fed from the journal (the delivery process's engine) --------------
+
+    def deliver(self, run_dir, tracker, entry=None, *, upto=None):
+        """Feed ``tracker`` from the run journal in ``run_dir`` as the delivery process does
+        (:class:`trackmux.replay.Replay`, following the journal), here, so that
+        :meth:`read_back` can look at the object; ``upto`` stops after that many records.
+        Returns the tracker's state entry."""
+        from trackmux.replay import Journal, Replay
+
+        if tracker.synchronous or tracker.needs_training_process():
+            pytest.skip(f"{type(tracker).__name__} runs in the training process only")
+        entry = dict(entry or {})
+        replay = Replay(
+            tracker.name,
+            entry,
+            lambda saved: None,
+            tracker=tracker,
+            output_dir=str(Path(run_dir).parents[1]),
+            follow=True,
+        )
+        records = Journal(run_dir).read()
+        replay.feed(records[:upto] if upto is not None else records)
+        replay.end()
+        return entry
+
+    def test_every_metric_arrives_from_the_journal(self, trackmux_env):
+        run_training(trackmux_env / "out")  # the journal alone
+        log = jsonl_log(trackmux_env / "out")
+        tracker = self.make_tracker(trackmux_env)
+        entry = self.deliver(log.path, tracker)
+        assert entry["records"] == len(log.records) and entry["status"] == "success"
+        data = self.read_back(tracker, trackmux_env)
+        self.assert_metrics_match_log(tracker, data, log)
+        if data.status is not None:
+            assert data.status == "success"
+
+    def test_a_new_delivery_continues_the_same_run(self, trackmux_env):
+        run_training(trackmux_env / "out")
+        log = jsonl_log(trackmux_env / "out")
+        half = len(log.records) // 2
+        entry = self.deliver(log.path, self.make_tracker(trackmux_env), upto=half)
+        assert entry["status"] == "killed" and entry["records"] == half
+        resumed = self.make_tracker(trackmux_env)
+        entry = self.deliver(log.path, resumed, entry)
+        data = self.read_back(resumed, trackmux_env)
+        assert data.runs == 1, f"a second delivery opened {data.runs} backend runs instead of one"
+        self.assert_metrics_match_log(resumed, data, log)
+        if data.status is not None:
+            assert data.status == "success"
+
     def test_nothing_on_non_main_ranks(self, trackmux_env, monkeypatch):
         from trackmux import Trainer, TrainingArguments
         from trackmux.distributed import DistributedContext

@@ -38,6 +38,8 @@ class CodeCarbonTracker(Tracker):
     # are read for the whole node (or for this process), so the local main process of every
     # node measures. The hub creates this tracker on every rank; start() keeps only those.
     all_ranks = True
+    # its hooks measure the training process and feed the figures back into the logs
+    out_of_process = False
 
     def __init__(self, **settings):
         super().__init__(**settings)

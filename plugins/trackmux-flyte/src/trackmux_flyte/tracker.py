@@ -69,6 +69,8 @@ class FlyteTracker(Tracker):
     name = "flyte"
     requires = ("flytekit>=1.16",)
     artifacts_env = ARTIFACTS_ENV
+    # the Deck belongs to the task's context, which lives in the training process
+    out_of_process = False
 
     def __init__(self, **settings):
         super().__init__(**settings)

@@ -243,9 +243,16 @@ class WandbTracker(Tracker):
 
     # -- hooks (loop thread) ---------------------------------------------------------------
 
+    def _watch(self) -> str:
+        return str(self.setting("watch", "false", env="WANDB_WATCH")).strip().lower()
+
+    def needs_training_process(self) -> bool:
+        # watching the model needs the model; otherwise the hook below has nothing to do
+        return self._watch() not in ("false", "none", "")
+
     @hookimpl
     def on_train_begin(self, args, state, model):
-        watch = str(self.setting("watch", "false", env="WANDB_WATCH")).strip().lower()
+        watch = self._watch()
         if watch in ("false", "none", ""):
             return
         if watch not in WATCH_CHOICES:
