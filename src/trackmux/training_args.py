@@ -457,7 +457,9 @@ _EMPTY = (None, "", [], {})
 
 
 def _default_of(name: str) -> Any:
-    field = TrainingArguments.__dataclass_fields__[name]
+    # the class object itself, bound once it exists: the module attribute may be wrapped
+    # (functools.partial in a test, a subclass in user code)
+    field = _ARGUMENTS_CLASS.__dataclass_fields__[name]
     if field.default_factory is not dataclasses.MISSING:
         return field.default_factory()
     return field.default
@@ -1150,3 +1152,6 @@ class TrainingArguments:
     def to_json_string(self) -> str:
         """:meth:`to_dict` as a JSON string (indented by 2, as in Hugging Face)."""
         return json.dumps(self.to_dict(), indent=2)
+
+
+_ARGUMENTS_CLASS = TrainingArguments

@@ -226,10 +226,10 @@ def test_an_interrupt_closes_every_backend_as_killed(
     assert run.info.status == "KILLED", child
     assert board["statuses"] == ["killed"], child
     assert wandb_run.exit_codes == [130], child  # non-zero: W&B shows it as failed/killed
-    state = json.loads(
-        (tmp_path / "out" / f"checkpoint-{sent}" / "trackmux_state.json").read_text()
-    )
-    assert state["global_step"] == sent
+    checkpoint = tmp_path / "out" / f"checkpoint-{sent}"
+    # transformers' schema in trainer_state.json, trackmux's own keys beside it (issue 16)
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == sent
+    state = json.loads((checkpoint / "trackmux_state.json").read_text())
     # the interrupt checkpoint waits on no tracker (issue 14): it holds the identities known
     # when it was written; every backend run's identity is in the run's state file, which a
     # resume and `trackmux sync` continue from

@@ -132,7 +132,10 @@ def test_found_through_its_entry_point_and_selected_by_report_to(trackmux_env):
     trainer = train(trackmux_env / "out", report_to=["tensorboard"])
     logdir = trackmux_env / "out" / "runs" / "conformance" / "tensorboard"
     assert event_dirs(trackmux_env) == [str(logdir)]
-    assert dict(trainer.trackers.where()) == {"tensorboard": f"tensorboard --logdir {logdir}"}
+    # the run journal is always kept (issue 17), beside the tracker report_to names
+    where = dict(trainer.trackers.where())
+    assert where.pop("jsonl").endswith("events.jsonl (trackmux show " + str(logdir.parent) + ")")
+    assert where == {"tensorboard": f"tensorboard --logdir {logdir}"}
 
 
 def test_every_scalar_with_its_step_and_value(trackmux_env):
