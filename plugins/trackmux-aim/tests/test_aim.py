@@ -24,12 +24,6 @@ from trackmux_aim.tracker import EXPERIMENT_ENV, REPO_ENV, AimTracker
 SYSTEM_PREFIX = "__system__"  # Aim's own CPU/GPU/memory metrics
 
 
-@pytest.fixture(autouse=True)
-def _no_aim_settings_from_the_outside(monkeypatch):
-    for name in (REPO_ENV, EXPERIMENT_ENV, "__AIM_REPO_NAME__"):
-        monkeypatch.delenv(name, raising=False)
-
-
 def open_repo(path, *, index=False):
     """``aim.Repo`` at ``path``; with ``index``, every run not yet in the repository's index
     is added first, as ``aim up`` does when it starts (a killed run was never indexed)."""
@@ -88,33 +82,8 @@ class TestAimConformance(TrackerConformance):
         )
 
 
-@pytest.fixture
-def connections(monkeypatch):
-    """Every network connection this process attempts (Unix sockets left out)."""
-    import socket
-
-    attempts = []
-    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
-
-    def note(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            attempts.append(address)
-
-    def connect(sock, address):
-        note(sock, address)
-        return real_connect(sock, address)
-
-    def connect_ex(sock, address):
-        note(sock, address)
-        return real_connect_ex(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-    return attempts
-
-
 def test_found_through_its_entry_point_and_selected_by_report_to(
-    trackmux_env, seed_aim_repo, connections
+    trackmux_env, seed_aim_repo, network_attempts
 ):
     from trackmux.plugins import get_registry
 
@@ -141,7 +110,7 @@ def test_found_through_its_entry_point_and_selected_by_report_to(
     # Aim's system metrics are on by default, as in Aim's own integrations
     assert any(m.name.startswith(SYSTEM_PREFIX) for m in aim_run.metrics())
     # Aim 3.29 has no telemetry to turn off: a run, its system metrics included, stays local
-    assert connections == []
+    assert network_attempts == []
 
 
 def test_epoch_is_stored_beside_each_point(seeded_output_dir):
@@ -277,6 +246,12 @@ def test_checkpoint_naming_another_store_is_refused(
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refused) == 1 and "'aim'" in refused[0] and where in refused[0]
     assert sorted(open_repo(out).list_all_runs()) == sorted([first.run_hash, resumed.run_hash])
+
+
+def test_trackmux_env_clears_every_setting_the_plugin_reads():
+    from trackmux.testing.pytest_plugin import BACKEND_ENV_VARS
+
+    assert {REPO_ENV, EXPERIMENT_ENV, "__AIM_REPO_NAME__"} <= set(BACKEND_ENV_VARS)
 
 
 def test_import_and_discovery_load_neither_aim_nor_torch():

@@ -35,20 +35,6 @@ STATUS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _no_swanlab_settings_from_the_outside(monkeypatch):
-    for name in (
-        LOG_DIR_ENV,
-        MODE_ENV,
-        PROJECT_ENV,
-        API_KEY_ENV,
-        "SWANLAB_WORKSPACE",
-        "SWANLAB_RUN_ID",
-        "SWANLAB_RESUME",
-    ):
-        monkeypatch.delenv(name, raising=False)
-
-
 def records(run_file: Path) -> list[Record]:
     reader = DataStoreReader()
     reader.open(run_file)
@@ -219,6 +205,13 @@ def test_a_run_already_open_is_refused_clearly(trackmux_env):
         mine.finish()
 
 
+def test_trackmux_env_clears_every_setting_the_plugin_reads():
+    from trackmux.testing.pytest_plugin import BACKEND_ENV_VARS
+
+    read = {LOG_DIR_ENV, MODE_ENV, PROJECT_ENV, API_KEY_ENV, "SWANLAB_WORKSPACE"}
+    assert read <= set(BACKEND_ENV_VARS)
+
+
 def test_import_and_discovery_load_neither_swanlab_nor_torch():
     report = discovery_report("swanlab", "trackmux_swanlab", ("torch", "swanlab"))
     assert (report["available"], report["heavy"]) == (True, [])
@@ -238,26 +231,9 @@ def test_reports_itself_unavailable_without_a_usable_swanlab(version):
     assert report["imported"] is False
 
 
-def test_no_network_offline(trackmux_env, monkeypatch):
+def test_no_network_offline(trackmux_env, network_attempts):
     """No DNS lookup and no internet socket from SwanLab in its offline mode."""
-    import socket
-
-    attempts = []
-    real_connect = socket.socket.connect
-
-    def getaddrinfo(host, *args, **kwargs):
-        attempts.append(("getaddrinfo", host))
-        raise OSError("no network in this test")
-
-    def connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            attempts.append(("connect", address))
-            raise OSError("no network in this test")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket.socket, "connect", connect)
     tracker = SwanLabTracker()
     run_training(trackmux_env / "out", tracker, max_steps=4)
-    assert attempts == []
+    assert network_attempts == []
     assert read_run(tracker.log_dir, tracker.run_id).status == "success"
