@@ -12,8 +12,9 @@ import pytest
 from trackmux.testing import (
     RunData,
     TrackerConformance,
+    assert_found,
+    assert_unavailable,
     discovery_report,
-    hidden_backend_report,
     jsonl_log,
     replace_tracker_identity,
     run_child,
@@ -85,14 +86,7 @@ class TestAimConformance(TrackerConformance):
 def test_found_through_its_entry_point_and_selected_by_report_to(
     trackmux_env, seed_aim_repo, network_attempts
 ):
-    from trackmux.plugins import get_registry
-
-    info = get_registry(refresh=True).get("aim")
-    assert info.available, info.reason
-    assert info.distribution == "trackmux-aim"
-    assert info.tracker_class is AimTracker
-    assert info.mode() == "local"
-
+    assert_found("aim", distribution="trackmux-aim", tracker_class=AimTracker, mode="local")
     out = seed_aim_repo(trackmux_env / "out")
     trainer = run_training(out, report_to=["jsonl", "aim"])
     (run_hash,) = open_repo(out).list_all_runs()
@@ -260,22 +254,14 @@ def test_import_and_discovery_load_neither_aim_nor_torch():
 
 
 @pytest.mark.parametrize(
-    "case, reason",
+    "version, reason",
     [
-        ("missing", "backend missing: aim is not installed"),
-        ("too-old", "unsupported backend: aim 3.28.0 is installed, aim>=3.29,<4 is supported"),
+        (None, "backend missing: aim is not installed"),
+        ("3.28.0", "unsupported backend: aim 3.28.0 is installed, aim>=3.29,<4 is supported"),
     ],
     ids=["missing", "too-old"],
 )
-def test_reports_itself_unavailable_without_a_usable_aim(case, reason):
-    version = None if case == "missing" else "3.28.0"
-    report = hidden_backend_report("aim", "aim", "aim", version=version)
-    assert report["status"] == "unavailable"
-    assert report["reason"] == reason
-    assert report["fix"] == 'pip install "aim>=3.29,<4"'
-    assert report["error"] == (
-        f"report_to names 'aim', which is installed but cannot run: {reason}; "
-        'fix: pip install "aim>=3.29,<4"'
-    )
-    assert report["skipped"] == reason
-    assert report["imported"] is False
+def test_reports_itself_unavailable_without_a_usable_aim(version, reason):
+    fix = 'pip install "aim>=3.29,<4"'
+    report = assert_unavailable("aim", "aim", "aim", version=version, reason=reason, fix=fix)
+    assert report["reason"] == reason  # the whole of it

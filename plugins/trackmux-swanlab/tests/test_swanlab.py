@@ -15,8 +15,9 @@ from trackmux.delivery import TrackerError
 from trackmux.testing import (
     RunData,
     TrackerConformance,
+    assert_found,
+    assert_unavailable,
     discovery_report,
-    hidden_backend_report,
     jsonl_log,
     run_training,
 )
@@ -97,14 +98,9 @@ class TestSwanLabConformance(TrackerConformance):
 
 
 def test_found_through_its_entry_point_and_writes_only_under_output_dir(trackmux_env):
-    from trackmux.plugins import get_registry
-
-    info = get_registry(refresh=True).get("swanlab")
-    assert info.available, info.reason
-    assert info.distribution == "trackmux-swanlab"
-    assert info.tracker_class is SwanLabTracker
-    assert info.mode() == "offline"
-
+    assert_found(
+        "swanlab", distribution="trackmux-swanlab", tracker_class=SwanLabTracker, mode="offline"
+    )
     trainer = run_training(trackmux_env / "out", report_to=["jsonl", "swanlab"])
     log_dir = trackmux_env / "out" / "swanlog"
     (session,) = read_sessions(log_dir)
@@ -217,18 +213,17 @@ def test_import_and_discovery_load_neither_swanlab_nor_torch():
     assert (report["available"], report["heavy"]) == (True, [])
 
 
-@pytest.mark.parametrize("version", [None, "0.9.9"])
-def test_reports_itself_unavailable_without_a_usable_swanlab(version):
-    report = hidden_backend_report("swanlab", "swanlab", "swanlab", version=version)
-    assert report["status"] == "unavailable"
-    expected = (
-        "backend missing: swanlab is not installed"
-        if version is None
-        else "unsupported backend: swanlab 0.9.9 is installed, swanlab"
-    )
-    assert report["reason"].startswith(expected)
-    assert report["fix"] == 'pip install "swanlab>=0.10,<0.11"'
-    assert report["imported"] is False
+@pytest.mark.parametrize(
+    "version, reason",
+    [
+        (None, "backend missing: swanlab is not installed"),
+        ("0.9.9", "unsupported backend: swanlab 0.9.9 is installed, swanlab"),
+    ],
+    ids=["missing", "too-old"],
+)
+def test_reports_itself_unavailable_without_a_usable_swanlab(version, reason):
+    fix = 'pip install "swanlab>=0.10,<0.11"'
+    assert_unavailable("swanlab", "swanlab", "swanlab", version=version, reason=reason, fix=fix)
 
 
 def test_no_network_offline(trackmux_env, network_attempts):

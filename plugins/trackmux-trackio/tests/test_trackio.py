@@ -14,9 +14,10 @@ from trackmux.testing import (
     RunData,
     StopAt,
     TrackerConformance,
+    assert_found,
+    assert_unavailable,
     describe_child,
     discovery_report,
-    hidden_backend_report,
     jsonl_log,
     run_child,
     run_training,
@@ -70,14 +71,9 @@ class TestTrackioConformance(TrackerConformance):
 
 
 def test_found_through_its_entry_point_and_writes_only_under_output_dir(trackmux_env):
-    from trackmux.plugins import get_registry
-
-    info = get_registry(refresh=True).get("trackio")
-    assert info.available, info.reason
-    assert info.distribution == "trackmux-trackio"
-    assert info.tracker_class is TrackioTracker
-    assert info.mode() == "local"
-
+    assert_found(
+        "trackio", distribution="trackmux-trackio", tracker_class=TrackioTracker, mode="local"
+    )
     trainer = run_training(trackmux_env / "out", report_to=["jsonl", "trackio"])
     directory = trackmux_env / "out" / "trackio"
     assert sorted(p.name for p in directory.iterdir() if p.suffix == ".db") == ["trackmux.db"]
@@ -210,18 +206,17 @@ def test_import_and_discovery_load_neither_trackio_nor_torch():
     assert (report["available"], report["heavy"]) == (True, [])
 
 
-@pytest.mark.parametrize("case, version", [("missing", None), ("too-old", "0.44.0")])
-def test_reports_itself_unavailable_without_a_usable_trackio(case, version):
-    report = hidden_backend_report("trackio", "trackio", "trackio", version=version)
-    assert report["status"] == "unavailable"
-    expected = (
-        "backend missing: trackio is not installed"
-        if version is None
-        else "unsupported backend: trackio 0.44.0 is installed, trackio"
-    )
-    assert report["reason"].startswith(expected)
-    assert report["fix"] == 'pip install "trackio>=0.45,<1"'
-    assert report["imported"] is False
+@pytest.mark.parametrize(
+    "version, reason",
+    [
+        (None, "backend missing: trackio is not installed"),
+        ("0.44.0", "unsupported backend: trackio 0.44.0 is installed, trackio"),
+    ],
+    ids=["missing", "too-old"],
+)
+def test_reports_itself_unavailable_without_a_usable_trackio(version, reason):
+    fix = 'pip install "trackio>=0.45,<1"'
+    assert_unavailable("trackio", "trackio", "trackio", version=version, reason=reason, fix=fix)
 
 
 def test_no_network_even_with_a_hub_token(trackmux_env, monkeypatch, network_attempts):

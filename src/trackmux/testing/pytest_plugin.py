@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+# their failures then show the values compared, as a test's own asserts do
+pytest.register_assert_rewrite("trackmux.testing.plugin_checks")
+
 #: variables through which a developer's shell would steer a backend during tests
 BACKEND_ENV_VARS = (
     "TRACKMUX_PLUGINS",
