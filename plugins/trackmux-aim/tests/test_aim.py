@@ -12,8 +12,9 @@ import pytest
 from trackmux.testing import (
     RunData,
     TrackerConformance,
+    assert_found,
+    assert_unavailable,
     discovery_report,
-    hidden_backend_report,
     jsonl_log,
     replace_tracker_identity,
     run_child,
@@ -22,12 +23,6 @@ from trackmux.testing import (
 from trackmux_aim.tracker import EXPERIMENT_ENV, REPO_ENV, AimTracker
 
 SYSTEM_PREFIX = "__system__"  # Aim's own CPU/GPU/memory metrics
-
-
-@pytest.fixture(autouse=True)
-def _no_aim_settings_from_the_outside(monkeypatch):
-    for name in (REPO_ENV, EXPERIMENT_ENV, "__AIM_REPO_NAME__"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def open_repo(path, *, index=False):
@@ -88,42 +83,10 @@ class TestAimConformance(TrackerConformance):
         )
 
 
-@pytest.fixture
-def connections(monkeypatch):
-    """Every network connection this process attempts (Unix sockets left out)."""
-    import socket
-
-    attempts = []
-    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
-
-    def note(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            attempts.append(address)
-
-    def connect(sock, address):
-        note(sock, address)
-        return real_connect(sock, address)
-
-    def connect_ex(sock, address):
-        note(sock, address)
-        return real_connect_ex(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-    return attempts
-
-
 def test_found_through_its_entry_point_and_selected_by_report_to(
-    trackmux_env, seed_aim_repo, connections
+    trackmux_env, seed_aim_repo, network_attempts
 ):
-    from trackmux.plugins import get_registry
-
-    info = get_registry(refresh=True).get("aim")
-    assert info.available, info.reason
-    assert info.distribution == "trackmux-aim"
-    assert info.tracker_class is AimTracker
-    assert info.mode() == "local"
-
+    assert_found("aim", distribution="trackmux-aim", tracker_class=AimTracker, mode="local")
     out = seed_aim_repo(trackmux_env / "out")
     trainer = run_training(out, report_to=["jsonl", "aim"])
     (run_hash,) = open_repo(out).list_all_runs()
@@ -141,7 +104,7 @@ def test_found_through_its_entry_point_and_selected_by_report_to(
     # Aim's system metrics are on by default, as in Aim's own integrations
     assert any(m.name.startswith(SYSTEM_PREFIX) for m in aim_run.metrics())
     # Aim 3.29 has no telemetry to turn off: a run, its system metrics included, stays local
-    assert connections == []
+    assert network_attempts == []
 
 
 def test_epoch_is_stored_beside_each_point(seeded_output_dir):
@@ -279,28 +242,26 @@ def test_checkpoint_naming_another_store_is_refused(
     assert sorted(open_repo(out).list_all_runs()) == sorted([first.run_hash, resumed.run_hash])
 
 
+def test_trackmux_env_clears_every_setting_the_plugin_reads():
+    from trackmux.testing.pytest_plugin import BACKEND_ENV_VARS
+
+    assert {REPO_ENV, EXPERIMENT_ENV, "__AIM_REPO_NAME__"} <= set(BACKEND_ENV_VARS)
+
+
 def test_import_and_discovery_load_neither_aim_nor_torch():
     report = discovery_report("aim", "trackmux_aim", ("torch", "aim"))
     assert (report["available"], report["heavy"]) == (True, [])
 
 
 @pytest.mark.parametrize(
-    "case, reason",
+    "version, reason",
     [
-        ("missing", "backend missing: aim is not installed"),
-        ("too-old", "unsupported backend: aim 3.28.0 is installed, aim>=3.29,<4 is supported"),
+        (None, "backend missing: aim is not installed"),
+        ("3.28.0", "unsupported backend: aim 3.28.0 is installed, aim>=3.29,<4 is supported"),
     ],
     ids=["missing", "too-old"],
 )
-def test_reports_itself_unavailable_without_a_usable_aim(case, reason):
-    version = None if case == "missing" else "3.28.0"
-    report = hidden_backend_report("aim", "aim", "aim", version=version)
-    assert report["status"] == "unavailable"
-    assert report["reason"] == reason
-    assert report["fix"] == 'pip install "aim>=3.29,<4"'
-    assert report["error"] == (
-        f"report_to names 'aim', which is installed but cannot run: {reason}; "
-        'fix: pip install "aim>=3.29,<4"'
-    )
-    assert report["skipped"] == reason
-    assert report["imported"] is False
+def test_reports_itself_unavailable_without_a_usable_aim(version, reason):
+    fix = 'pip install "aim>=3.29,<4"'
+    report = assert_unavailable("aim", "aim", "aim", version=version, reason=reason, fix=fix)
+    assert report["reason"] == reason  # the whole of it

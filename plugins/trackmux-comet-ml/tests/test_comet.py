@@ -16,9 +16,10 @@ from trackmux.delivery import TrackerError
 from trackmux.testing import (
     RunData,
     TrackerConformance,
+    assert_found,
+    assert_unavailable,
     describe_child,
     discovery_report,
-    hidden_backend_report,
     jsonl_log,
     run_child,
     run_training,
@@ -139,13 +140,9 @@ class TestCometConformance(TrackerConformance):
 
 
 def test_found_through_its_entry_point_and_offline_without_credentials(trackmux_env, caplog):
-    from trackmux.plugins import get_registry
-
-    info = get_registry(refresh=True).get("comet_ml")
-    assert info.available, info.reason
-    assert info.distribution == "trackmux-comet-ml"
-    assert info.tracker_class is CometTracker
-    assert info.mode() == "offline"
+    assert_found(
+        "comet_ml", distribution="trackmux-comet-ml", tracker_class=CometTracker, mode="offline"
+    )
 
     with caplog.at_level(logging.INFO, logger="trackmux.comet_ml"):
         trainer = train(trackmux_env / "out")
@@ -482,15 +479,6 @@ def test_import_and_discovery_load_neither_comet_ml_nor_torch(tmp_path):
     ids=["missing", "too-old"],
 )
 def test_reports_itself_unavailable_without_a_usable_comet_ml(case, reason):
-    report = hidden_backend_report(
-        "comet_ml", "comet_ml", "comet_ml", version=None if case == "missing" else "3.40.0"
-    )
-    assert report["status"] == "unavailable"
-    assert report["reason"].startswith(reason), report["reason"]
-    assert report["fix"] == 'pip install "comet_ml>=3.43.2"'
-    assert report["error"] == (
-        f"report_to names 'comet_ml', which is installed but cannot run: {report['reason']}; "
-        'fix: pip install "comet_ml>=3.43.2"'
-    )
-    assert report["skipped"] == report["reason"]
-    assert report["imported"] is False
+    version = None if case == "missing" else "3.40.0"
+    fix = 'pip install "comet_ml>=3.43.2"'
+    assert_unavailable("comet_ml", "comet_ml", "comet_ml", version=version, reason=reason, fix=fix)

@@ -21,9 +21,9 @@ import pytest
 
 from trackmux.testing import (
     TrackerConformance,
+    assert_unavailable,
     describe_child,
     discovery_report,
-    hidden_backend_report,
     jsonl_log,
     run_child,
     run_training,
@@ -357,15 +357,6 @@ def test_import_discovery_and_all_load_neither_flytekit_nor_torch():
     ids=["missing", "too-old"],
 )
 def test_reports_itself_unavailable_without_a_usable_flytekit(case, reason):
-    report = hidden_backend_report(
-        "flyte", "flytekit", "flytekit", version=None if case == "missing" else "1.15.3"
-    )
-    assert report["status"] == "unavailable"
-    assert report["reason"].startswith(reason)
-    assert report["fix"] == 'pip install "flytekit>=1.16"'
-    assert report["error"] == (
-        f"report_to names 'flyte', which is installed but cannot run: {report['reason']}; "
-        'fix: pip install "flytekit>=1.16"'
-    )
-    assert report["skipped"] == report["reason"]
-    assert report["imported"] is False
+    version = None if case == "missing" else "1.15.3"
+    fix = 'pip install "flytekit>=1.16"'
+    assert_unavailable("flyte", "flytekit", "flytekit", version=version, reason=reason, fix=fix)

@@ -15,8 +15,9 @@ from trackmux.delivery import TrackerError
 from trackmux.testing import (
     RunData,
     TrackerConformance,
+    assert_found,
+    assert_unavailable,
     discovery_report,
-    hidden_backend_report,
     jsonl_log,
     run_training,
 )
@@ -33,20 +34,6 @@ STATUS = {
     "RUN_STATE_CRASHED": "failed",
     "RUN_STATE_ABORTED": "killed",
 }
-
-
-@pytest.fixture(autouse=True)
-def _no_swanlab_settings_from_the_outside(monkeypatch):
-    for name in (
-        LOG_DIR_ENV,
-        MODE_ENV,
-        PROJECT_ENV,
-        API_KEY_ENV,
-        "SWANLAB_WORKSPACE",
-        "SWANLAB_RUN_ID",
-        "SWANLAB_RESUME",
-    ):
-        monkeypatch.delenv(name, raising=False)
 
 
 def records(run_file: Path) -> list[Record]:
@@ -111,14 +98,9 @@ class TestSwanLabConformance(TrackerConformance):
 
 
 def test_found_through_its_entry_point_and_writes_only_under_output_dir(trackmux_env):
-    from trackmux.plugins import get_registry
-
-    info = get_registry(refresh=True).get("swanlab")
-    assert info.available, info.reason
-    assert info.distribution == "trackmux-swanlab"
-    assert info.tracker_class is SwanLabTracker
-    assert info.mode() == "offline"
-
+    assert_found(
+        "swanlab", distribution="trackmux-swanlab", tracker_class=SwanLabTracker, mode="offline"
+    )
     trainer = run_training(trackmux_env / "out", report_to=["jsonl", "swanlab"])
     log_dir = trackmux_env / "out" / "swanlog"
     (session,) = read_sessions(log_dir)
@@ -219,45 +201,34 @@ def test_a_run_already_open_is_refused_clearly(trackmux_env):
         mine.finish()
 
 
+def test_trackmux_env_clears_every_setting_the_plugin_reads():
+    from trackmux.testing.pytest_plugin import BACKEND_ENV_VARS
+
+    read = {LOG_DIR_ENV, MODE_ENV, PROJECT_ENV, API_KEY_ENV, "SWANLAB_WORKSPACE"}
+    assert read <= set(BACKEND_ENV_VARS)
+
+
 def test_import_and_discovery_load_neither_swanlab_nor_torch():
     report = discovery_report("swanlab", "trackmux_swanlab", ("torch", "swanlab"))
     assert (report["available"], report["heavy"]) == (True, [])
 
 
-@pytest.mark.parametrize("version", [None, "0.9.9"])
-def test_reports_itself_unavailable_without_a_usable_swanlab(version):
-    report = hidden_backend_report("swanlab", "swanlab", "swanlab", version=version)
-    assert report["status"] == "unavailable"
-    expected = (
-        "backend missing: swanlab is not installed"
-        if version is None
-        else "unsupported backend: swanlab 0.9.9 is installed, swanlab"
-    )
-    assert report["reason"].startswith(expected)
-    assert report["fix"] == 'pip install "swanlab>=0.10,<0.11"'
-    assert report["imported"] is False
+@pytest.mark.parametrize(
+    "version, reason",
+    [
+        (None, "backend missing: swanlab is not installed"),
+        ("0.9.9", "unsupported backend: swanlab 0.9.9 is installed, swanlab"),
+    ],
+    ids=["missing", "too-old"],
+)
+def test_reports_itself_unavailable_without_a_usable_swanlab(version, reason):
+    fix = 'pip install "swanlab>=0.10,<0.11"'
+    assert_unavailable("swanlab", "swanlab", "swanlab", version=version, reason=reason, fix=fix)
 
 
-def test_no_network_offline(trackmux_env, monkeypatch):
+def test_no_network_offline(trackmux_env, network_attempts):
     """No DNS lookup and no internet socket from SwanLab in its offline mode."""
-    import socket
-
-    attempts = []
-    real_connect = socket.socket.connect
-
-    def getaddrinfo(host, *args, **kwargs):
-        attempts.append(("getaddrinfo", host))
-        raise OSError("no network in this test")
-
-    def connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            attempts.append(("connect", address))
-            raise OSError("no network in this test")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket.socket, "connect", connect)
     tracker = SwanLabTracker()
     run_training(trackmux_env / "out", tracker, max_steps=4)
-    assert attempts == []
+    assert network_attempts == []
     assert read_run(tracker.log_dir, tracker.run_id).status == "success"

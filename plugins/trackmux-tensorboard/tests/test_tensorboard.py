@@ -14,8 +14,9 @@ from trackmux import TrainerCallback
 from trackmux.testing import (
     RunData,
     TrackerConformance,
+    assert_found,
+    assert_unavailable,
     discovery_report,
-    hidden_backend_report,
     jsonl_log,
     replace_tracker_identity,
     run_training,
@@ -121,13 +122,12 @@ class TestTensorBoardConformance(TrackerConformance):
 
 
 def test_found_through_its_entry_point_and_selected_by_report_to(trackmux_env):
-    from trackmux.plugins import get_registry
-
-    info = get_registry(refresh=True).get("tensorboard")
-    assert info.available, info.reason
-    assert info.distribution == "trackmux-tensorboard"
-    assert info.tracker_class is TensorBoardTracker
-    assert info.mode() == "local"
+    assert_found(
+        "tensorboard",
+        distribution="trackmux-tensorboard",
+        tracker_class=TensorBoardTracker,
+        mode="local",
+    )
 
     trainer = train(trackmux_env / "out", report_to=["tensorboard"])
     logdir = trackmux_env / "out" / "runs" / "conformance" / "tensorboard"
@@ -233,18 +233,11 @@ def test_import_and_discovery_load_neither_tensorboard_nor_torch():
     ids=["missing", "too-old"],
 )
 def test_reports_itself_unavailable_without_a_usable_tensorboard(case, reason):
-    report = hidden_backend_report(
-        "tensorboard", "tensorboard", "tensorboard", version=None if case == "missing" else "2.9.1"
+    version = None if case == "missing" else "2.9.1"
+    fix = 'pip install "tensorboard>=2.10"'
+    assert_unavailable(
+        "tensorboard", "tensorboard", "tensorboard", version=version, reason=reason, fix=fix
     )
-    assert report["status"] == "unavailable"
-    assert report["reason"].startswith(reason)
-    assert report["fix"] == 'pip install "tensorboard>=2.10"'
-    assert report["error"] == (
-        f"report_to names 'tensorboard', which is installed but cannot run: {report['reason']}; "
-        'fix: pip install "tensorboard>=2.10"'
-    )
-    assert report["skipped"] == report["reason"]
-    assert report["imported"] is False
 
 
 def test_a_session_added_within_the_same_second_sorts_after_the_first(trackmux_env, monkeypatch):

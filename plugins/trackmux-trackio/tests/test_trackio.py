@@ -14,9 +14,10 @@ from trackmux.testing import (
     RunData,
     StopAt,
     TrackerConformance,
+    assert_found,
+    assert_unavailable,
     describe_child,
     discovery_report,
-    hidden_backend_report,
     jsonl_log,
     run_child,
     run_training,
@@ -26,15 +27,10 @@ from trackmux_trackio.tracker import (
     DEFAULT_PROJECT,
     DIR_ENV,
     PROJECT_ENV,
+    REMOTE_ENV,
     RESERVED_KEYS,
     TrackioTracker,
 )
-
-
-@pytest.fixture(autouse=True)
-def _no_trackio_settings_from_the_outside(monkeypatch):
-    for name in (DIR_ENV, PROJECT_ENV, "TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def read_store(directory, project=DEFAULT_PROJECT) -> dict[str, dict]:
@@ -75,14 +71,9 @@ class TestTrackioConformance(TrackerConformance):
 
 
 def test_found_through_its_entry_point_and_writes_only_under_output_dir(trackmux_env):
-    from trackmux.plugins import get_registry
-
-    info = get_registry(refresh=True).get("trackio")
-    assert info.available, info.reason
-    assert info.distribution == "trackmux-trackio"
-    assert info.tracker_class is TrackioTracker
-    assert info.mode() == "local"
-
+    assert_found(
+        "trackio", distribution="trackmux-trackio", tracker_class=TrackioTracker, mode="local"
+    )
     trainer = run_training(trackmux_env / "out", report_to=["jsonl", "trackio"])
     directory = trackmux_env / "out" / "trackio"
     assert sorted(p.name for p in directory.iterdir() if p.suffix == ".db") == ["trackmux.db"]
@@ -204,48 +195,36 @@ def test_a_second_directory_while_a_run_is_open_is_refused(trackmux_env):
             pass
 
 
+def test_trackmux_env_clears_every_setting_the_plugin_reads():
+    from trackmux.testing.pytest_plugin import BACKEND_ENV_VARS
+
+    assert {DIR_ENV, PROJECT_ENV, *REMOTE_ENV} <= set(BACKEND_ENV_VARS)
+
+
 def test_import_and_discovery_load_neither_trackio_nor_torch():
     report = discovery_report("trackio", "trackmux_trackio", ("torch", "trackio"))
     assert (report["available"], report["heavy"]) == (True, [])
 
 
-@pytest.mark.parametrize("case, version", [("missing", None), ("too-old", "0.44.0")])
-def test_reports_itself_unavailable_without_a_usable_trackio(case, version):
-    report = hidden_backend_report("trackio", "trackio", "trackio", version=version)
-    assert report["status"] == "unavailable"
-    expected = (
-        "backend missing: trackio is not installed"
-        if version is None
-        else "unsupported backend: trackio 0.44.0 is installed, trackio"
-    )
-    assert report["reason"].startswith(expected)
-    assert report["fix"] == 'pip install "trackio>=0.45,<1"'
-    assert report["imported"] is False
+@pytest.mark.parametrize(
+    "version, reason",
+    [
+        (None, "backend missing: trackio is not installed"),
+        ("0.44.0", "unsupported backend: trackio 0.44.0 is installed, trackio"),
+    ],
+    ids=["missing", "too-old"],
+)
+def test_reports_itself_unavailable_without_a_usable_trackio(version, reason):
+    fix = 'pip install "trackio>=0.45,<1"'
+    assert_unavailable("trackio", "trackio", "trackio", version=version, reason=reason, fix=fix)
 
 
-def test_no_network_even_with_a_hub_token(trackmux_env, monkeypatch):
+def test_no_network_even_with_a_hub_token(trackmux_env, monkeypatch, network_attempts):
     """No DNS lookup and no internet socket from trackio, with a Hugging Face token set."""
-    import socket
-
-    attempts = []
-    real_connect = socket.socket.connect
-
-    def getaddrinfo(host, *args, **kwargs):
-        attempts.append(("getaddrinfo", host))
-        raise OSError("no network in this test")
-
-    def connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            attempts.append(("connect", address))
-            raise OSError("no network in this test")
-        return real_connect(sock, address)
-
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token_0000")
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket.socket, "connect", connect)
     tracker = TrackioTracker()
     run_training(trackmux_env / "out", tracker, max_steps=4)
-    assert attempts == []
+    assert network_attempts == []
     # trackio's whoami, which would have named the user, was not asked
     import trackio
 

@@ -14,6 +14,8 @@ _LAZY = {
     "discovery_report": "trackmux.testing.conformance",
     "jsonl_log": "trackmux.testing.conformance",
     "replace_tracker_identity": "trackmux.testing.conformance",
+    "assert_found": "trackmux.testing.plugin_checks",
+    "assert_unavailable": "trackmux.testing.plugin_checks",
     "RegressionDataset": "trackmux.testing.toy",
     "TinyRegressor": "trackmux.testing.toy",
     "runnable_blocks": "trackmux.testing.docs",

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+# their failures then show the values compared, as a test's own asserts do
+pytest.register_assert_rewrite("trackmux.testing.plugin_checks")
+
 #: variables through which a developer's shell would steer a backend during tests
 BACKEND_ENV_VARS = (
     "TRACKMUX_PLUGINS",
@@ -55,6 +58,24 @@ BACKEND_ENV_VARS = (
     "CLEARML_PROC_MASTER_ID",
     "HF_DVCLIVE_LOG_MODEL",
     "DAGSHUB_USER_TOKEN",
+    "TRACKIO_DIR",
+    "TRACKIO_PROJECT",
+    "TRACKIO_SPACE_ID",
+    "TRACKIO_SERVER_URL",
+    "TRACKIO_DATASET_ID",
+    "TRACKIO_BUCKET_ID",
+    "TRACKIO_WEBHOOK_URL",
+    "TRACKIO_WRITE_TOKEN",
+    "SWANLAB_LOG_DIR",
+    "SWANLAB_MODE",
+    "SWANLAB_PROJECT",
+    "SWANLAB_WORKSPACE",
+    "SWANLAB_API_KEY",
+    "SWANLAB_RUN_ID",
+    "SWANLAB_RESUME",
+    "AIM_REPO",
+    "AIM_EXPERIMENT",
+    "__AIM_REPO_NAME__",
 )
 
 
@@ -80,6 +101,44 @@ def trackmux_env(monkeypatch, tmp_path, tmp_path_factory):
     monkeypatch.setenv("COMET_ERROR_TRACKING_ENABLE", "false")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def network_attempts(monkeypatch):
+    """Every network access this process tries, refused and recorded: a DNS lookup
+    (``socket.getaddrinfo``, which ``create_connection`` and HTTP clients go through) as
+    ``("getaddrinfo", host)``, an internet socket's ``connect``/``connect_ex`` (IPv4 or IPv6,
+    loopback included) as ``("connect", address)``. Unix sockets are left alone: backends use
+    them for their own local processes. A test asserts the list is empty at the end; a refusal
+    the backend swallowed still shows there."""
+    import errno
+    import socket
+
+    attempts = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def getaddrinfo(host, *args, **kwargs):
+        attempts.append(("getaddrinfo", host))
+        raise socket.gaierror(socket.EAI_NONAME, "no network in this test")
+
+    def internet(sock, address) -> bool:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            attempts.append(("connect", address))
+            return True
+        return False
+
+    def connect(sock, address):
+        if internet(sock, address):
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "no network in this test")
+        return real_connect(sock, address)
+
+    def connect_ex(sock, address):
+        return errno.ECONNREFUSED if internet(sock, address) else real_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    return attempts
 
 
 @pytest.fixture
