@@ -48,8 +48,9 @@ _HUB = (
     "with huggingface_hub.upload_folder (or a tracker's artifact upload, tracker_artifacts)"
 )
 _TRACKIO = (
-    "transformers' trackio integration has no trackmux tracker; choose trackers with "
-    "report_to and name the run with run_name / tracker_config"
+    "trackmux's trackio plugin (report_to='trackio') writes trackio's local store only, "
+    "never a Space or a bucket; set its project with "
+    "tracker_config={'trackio': {'project': ...}} or TRACKIO_PROJECT"
 )
 _ACCELERATE = (
     "trackmux runs a plain PyTorch loop (single process or torchrun with "
