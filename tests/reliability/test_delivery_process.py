@@ -95,8 +95,12 @@ def test_a_bad_environment_value_names_the_variable_and_the_choices(tmp_path, mo
 
 def test_without_the_journal_every_tracker_runs_in_the_training_process(tmp_path):
     path = tmp_path / "received.jsonl"
-    trainer = make_trainer(tmp_path / "out", [JournalRecorder(path=str(path))], report_to=[])
+    # report_to=[] still keeps the journal (issue 17): run_journal=False is what turns it off
+    trainer = make_trainer(
+        tmp_path / "out", [JournalRecorder(path=str(path))], report_to=[], run_journal=False
+    )
     trainer.train()
+    assert not (tmp_path / "out" / "runs").exists()
     calls = received(path)
     assert {call["pid"] for call in calls} == {os.getpid()}
     assert [call["status"] for call in calls if call["type"] == "finish"] == ["success"]
