@@ -139,21 +139,33 @@ class TestCometConformance(TrackerConformance):
 # -- discovery, mode, the offline notice --------------------------------------------------------
 
 
-def test_found_through_its_entry_point_and_offline_without_credentials(trackmux_env, caplog):
+@pytest.mark.parametrize("delivery", ["process", "thread"])
+def test_found_through_its_entry_point_and_offline_without_credentials(
+    trackmux_env, caplog, delivery
+):
+    from trackmux.delivery_process import LOG_FILE
+    from trackmux.runlog import find_runs
+
     assert_found(
         "comet_ml", distribution="trackmux-comet-ml", tracker_class=CometTracker, mode="offline"
     )
 
     with caplog.at_level(logging.INFO, logger="trackmux.comet_ml"):
-        trainer = train(trackmux_env / "out")
+        trainer = train(trackmux_env / "out", tracker_delivery=delivery)
     (archive,) = archives(trackmux_env / "out" / "comet")
     command = f"comet upload {archive}"
     assert dict(trainer.trackers.where())["comet_ml"] == command
-    notices = [r.getMessage() for r in caplog.records if r.name == "trackmux.comet_ml"]
-    assert notices == [
+    notice = (
         f"comet_ml: no Comet API key (COMET_API_KEY or `comet login`), logging offline to "
         f"{archive}; upload it after training with: {command}"
-    ]
+    )
+    if delivery == "thread":
+        notices = [r.getMessage() for r in caplog.records if r.name == "trackmux.comet_ml"]
+        assert notices == [notice]
+    else:  # said by the delivery process, into the run directory's delivery log
+        (run_dir,) = find_runs(trackmux_env / "out")
+        log = Path(run_dir, LOG_FILE).read_text(encoding="utf-8")
+        assert log.count(notice) == 1, log
     meta, _ = read_archive(archive)
     assert meta["project_name"] is None and meta["workspace"] is None
 
