@@ -33,6 +33,12 @@ from trackmux.testing.processes import rest_of_output
 TRACKERS = ("mlflow", "tensorboard", "wandb")
 
 
+@pytest.fixture(autouse=True)
+def _process_delivery(monkeypatch):
+    """These tests are about the delivery process, which is opt-in (docs/architecture.md)."""
+    monkeypatch.setenv("TRACKMUX_DELIVERY", "process")
+
+
 @pytest.fixture(scope="module")
 def mlflow_url(tmp_path_factory):
     from trackmux_mlflow.testing import mlflow_server

@@ -24,6 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "reliability"
 
 
+@pytest.fixture(autouse=True)
+def _process_delivery(monkeypatch):
+    """These tests are about the delivery process, which is opt-in (docs/architecture.md)."""
+    monkeypatch.setenv("TRACKMUX_DELIVERY", "process")
+
+
 @pytest.fixture(scope="module")
 def mlflow_url(tmp_path_factory):
     from trackmux_mlflow.testing import mlflow_server

@@ -33,6 +33,12 @@ from trackmux.runlog import read_run
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@pytest.fixture(autouse=True)
+def _process_delivery(monkeypatch):
+    """These tests are about the delivery process, which is opt-in (docs/architecture.md)."""
+    monkeypatch.setenv("TRACKMUX_DELIVERY", "process")
+
+
 def assert_every_point_once(run_dir, calls, *, status):
     """The backend got each metrics record of the journal once, in order, then one finish."""
     points = [(c["step"], c["metrics"]) for c in calls if c["type"] == "metrics"]
