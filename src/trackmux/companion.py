@@ -22,10 +22,14 @@ import sys
 import threading
 import time
 
+from .delivery_process import LOG_FILE, NOTICES_FILE, is_notice
+
 logger = logging.getLogger("trackmux.companion")
 
 #: seconds between two reads of a journal that did not grow
 POLL = 0.1
+#: seconds between two reads of the journal while its last session is closed
+IDLE_POLL = 0.5
 #: failed attempts in a row (no record confirmed in between) before a tracker is given up
 ATTEMPTS = 4
 #: seconds before the first retry of a tracker that failed; doubled at each failure
@@ -33,16 +37,22 @@ RETRY_AFTER = 1.0
 
 
 def main() -> int:
-    spec = json.loads(sys.stdin.read())
+    spec = json.loads(sys.stdin.readline())
+    released = threading.Event()
+    threading.Thread(target=_wait_for_release, args=(released,), daemon=True).start()
+    spec["released"] = released
     if hasattr(signal, "SIGINT"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the trackers' modules are found where the training process found them
     sys.path[:] = list(dict.fromkeys([*spec.get("sys_path", []), *sys.path]))
     logging.basicConfig(
         level=logging.INFO,
-        stream=sys.stderr,
+        # its own lines go to the run's delivery log even where the backends' output goes
+        # to the console (TRACKMUX_BACKEND_OUTPUT)
+        filename=os.path.join(spec["run_dir"], LOG_FILE),
         format=f"%(asctime)s delivery[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger().addHandler(Notices(os.path.join(spec["run_dir"], NOTICES_FILE)))
     logger.info(
         "following %s for %s", spec["run_dir"], ", ".join(t["name"] for t in spec["trackers"])
     )
@@ -85,6 +95,39 @@ def follow(spec: dict) -> None:
             thread.join()
 
 
+class Notices(logging.Handler):
+    """What a tracker or its backend says that a user must see (Comet's "logging offline,
+    upload with ..."): appended to the run's notices file, which the training process shows
+    on its console as if the tracker ran there (docs/architecture.md)."""
+
+    def __init__(self, path: str):
+        super().__init__(logging.INFO)
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not is_notice(record.name, record.levelno):
+            return
+        try:
+            line = json.dumps(
+                {"logger": record.name, "level": record.levelno, "message": record.getMessage()}
+            )
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _wait_for_release(released: threading.Event) -> None:
+    # the training process keeps our stdin open while this journal may get another session
+    # (an evaluate() after train() continues the same backend runs, here); end of file: it
+    # let go of us, or it is gone
+    try:
+        while sys.stdin.readline():
+            pass
+    finally:
+        released.set()
+
+
 def parent_alive(parent: int) -> bool:
     # orphaned, a process is handed to another parent at once, even while the training
     # process is still a zombie nobody reaped
@@ -95,9 +138,12 @@ def _feed(spec: dict, target: dict, state: dict, save, parent: int) -> None:
     from .replay import Journal, Replay
 
     name = target["name"]
+    released = spec.get("released") or _ALWAYS_RELEASED
     failures = 0
     while True:
         entry = dict(state["trackers"].get(name) or {})
+        if not entry.get("identity") and target.get("resume"):
+            entry["identity"] = target["resume"]  # from the checkpoint resumed from
         replay = Replay(
             name,
             entry,
@@ -123,9 +169,10 @@ def _feed(spec: dict, target: dict, state: dict, save, parent: int) -> None:
                     )
                     return
                 if not records:
-                    if replay.closed and replay.live is None:
+                    idle = replay.closed and replay.live is None
+                    if idle and released.is_set():
                         return  # the last session is delivered and closed
-                    time.sleep(POLL)
+                    time.sleep(IDLE_POLL if idle else POLL)
         except Exception as error:
             entry["error"] = f"{type(error).__name__}: {error}"
             logger.error("%s: delivery failed after %d records: %s", name, replay.done, error)
@@ -137,6 +184,10 @@ def _feed(spec: dict, target: dict, state: dict, save, parent: int) -> None:
                 logger.error("%s: giving up after %d failed attempts", name, failures)
                 return
             time.sleep(min(30.0, RETRY_AFTER * 2.0 ** (failures - 1)))
+
+
+_ALWAYS_RELEASED = threading.Event()
+_ALWAYS_RELEASED.set()
 
 
 def _tracker(target: dict):

@@ -11,6 +11,7 @@ waits a bounded time for delivery before leaving it to carry on in the backgroun
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ DELIVERY_ENV_VAR = "TRACKMUX_DELIVERY"
 DELIVERY_MODES = ("process", "thread")
 #: where the delivery process writes its log lines, in the run directory
 LOG_FILE = "delivery.log"
+#: what trackers and backends in the delivery process say for the user (JSON lines)
+NOTICES_FILE = "delivery-notices.jsonl"
 #: seconds between two looks at whether the delivery process is alive
 CHECK_EVERY = 1.0
 #: seconds between two progress lines while train() waits for delivery
@@ -45,11 +48,54 @@ def _leave_running() -> None:
             process.returncode = 0
 
 
+def is_notice(logger_name: str, level: int) -> bool:
+    """Whether a log record of the delivery process is one the user would have seen on the
+    console had the tracker run in the training process: a tracker's own lines (a logger
+    ``trackmux.<tracker>``) and a backend library's warnings. trackmux's core lines stay in
+    ``delivery.log``; the errors among them reach the user through the state file."""
+    package, _, rest = logger_name.partition(".")
+    if package != "trackmux":
+        return level >= logging.WARNING
+    return bool(rest) and rest.split(".")[0] not in _core_modules()
+
+
+@functools.cache
+def _core_modules() -> frozenset[str]:
+    import pkgutil
+
+    import trackmux
+
+    return frozenset(module.name for module in pkgutil.iter_modules(trackmux.__path__))
+
+
+#: the delivery process following each run directory's journal, started by this process
+_FOLLOWING: dict[str, DeliveryProcess] = {}
+
+
+def follow_journal(run_dir: str, targets: list[dict], **options) -> tuple[DeliveryProcess, bool]:
+    """The delivery process for a session of ``run_dir``'s journal, and whether it is new.
+    The one that delivered the journal's last session goes on when it feeds the same
+    trackers: an evaluate() after train(), or a resumed training in the same process,
+    continues the backend runs it holds open. Any other one is let go; it exits once its
+    last session is delivered and closed, and a new one continues from the state file."""
+    current = _FOLLOWING.pop(run_dir, None)
+    for process in _FOLLOWING.values():
+        process.release()  # a journal no session of this process writes to any more
+    _FOLLOWING.clear()
+    if current is not None and current.serves(run_dir, targets):
+        _FOLLOWING[run_dir] = current
+        return current, False
+    if current is not None:
+        current.release()
+    _FOLLOWING[run_dir] = DeliveryProcess(run_dir, targets, **options).start()
+    return _FOLLOWING[run_dir], True
+
+
 def delivery_mode(field: str | None) -> str:
     """``TrainingArguments.tracker_delivery`` when set, else ``TRACKMUX_DELIVERY``, else
     "thread": the delivery process is opt-in until the gaps docs/architecture.md lists
     ("Status") are closed."""
-    value = field or os.environ.get(DELIVERY_ENV_VAR, "").strip().lower() or "thread"
+    value = field or os.environ.get(DELIVERY_ENV_VAR, "").strip().lower() or "process"
     if value not in DELIVERY_MODES:
         raise ValueError(
             f"environment variable {DELIVERY_ENV_VAR}={value!r} is not a delivery mode; "
@@ -91,8 +137,10 @@ class DeliveryProcess:
         output_dir: str,
         close_timeout: float,
         give_up_after: float,
+        backend_output: bool = False,
     ):
         self.run_dir = run_dir
+        self.backend_output = backend_output
         self.names = [t["name"] for t in targets]
         self.spec = {
             "run_dir": run_dir,
@@ -104,6 +152,8 @@ class DeliveryProcess:
             "sys_path": [path for path in sys.path if path],
         }
         self.process: subprocess.Popen | None = None
+        self._notices = os.path.join(run_dir, NOTICES_FILE)
+        self._shown = _size(self._notices)  # what an earlier session's process said is said
         self.restarts = 0
         self._checked = 0.0
 
@@ -114,20 +164,43 @@ class DeliveryProcess:
             [package_root, *filter(None, [environment.get("PYTHONPATH")])]
         )
         with open(os.path.join(self.run_dir, LOG_FILE), "ab") as log:
+            # the backends' own output, asked for (TRACKMUX_BACKEND_OUTPUT), is the console's
+            output = None if self.backend_output else log
             self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
                 [sys.executable, "-m", "trackmux.companion"],
                 stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=log,
+                stdout=output,
+                stderr=output,
                 env=environment,
                 close_fds=True,
                 # Ctrl-C in the terminal goes to the foreground process group: not to it
                 start_new_session=os.name == "posix",
             )
-        self.process.stdin.write(json.dumps(self.spec).encode("utf-8"))
-        self.process.stdin.close()
+        # one line; stdin stays open while this process may give the journal another session
+        self.process.stdin.write(json.dumps(self.spec).encode("utf-8") + b"\n")
+        self.process.stdin.flush()
         _BACKGROUND.append(self.process)
         return self
+
+    def serves(self, run_dir: str, targets: list[dict]) -> bool:
+        """Whether this process, still running, feeds exactly ``targets`` from ``run_dir``:
+        the next session of the same journal (an evaluate() after train()) is then its."""
+        return (
+            self.process is not None
+            and self.process.poll() is None
+            and not self.process.stdin.closed
+            and run_dir == self.run_dir
+            and _without_resume(targets) == _without_resume(self.spec["trackers"])
+        )
+
+    def release(self) -> None:
+        """No other session will come: the process exits once the last one is delivered
+        and closed (it also does when this process exits)."""
+        if self.process is not None and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass  # it is gone already
 
     @property
     def pid(self) -> int | None:
@@ -140,6 +213,7 @@ class DeliveryProcess:
         if now - self._checked < CHECK_EVERY:
             return
         self._checked = now
+        self.show_notices()
         if self.process is None or self.process.poll() is None:
             return
         entries = self.state()
@@ -153,7 +227,26 @@ class DeliveryProcess:
             self.process.returncode,
             os.path.join(self.run_dir, "sync-state.json"),
         )
+        self.release()
         self.start()
+
+    def show_notices(self) -> None:
+        """Log, under their own logger names, the notices the delivery process wrote since
+        the last look (a backend's text is data: it is the argument, never the format)."""
+        if _size(self._notices) <= self._shown:
+            return
+        with open(self._notices, "rb") as handle:
+            handle.seek(self._shown)
+            data = handle.read()
+        end = data.rfind(b"\n") + 1
+        self._shown += end
+        for line in data[:end].splitlines():
+            try:
+                notice = json.loads(line)
+                name, level, message = notice["logger"], int(notice["level"]), notice["message"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            logging.getLogger(str(name)).log(level, "%s", message)
 
     def state(self) -> dict[str, dict]:
         """Per tracker of this process: its entry of the state file (empty before any)."""
@@ -171,6 +264,12 @@ class DeliveryProcess:
     def wait(self, timeout: float) -> bool:
         """Wait at most ``timeout`` s for every tracker to have every record of the journal
         and its run closed, saying every few seconds how far delivery is; True when done."""
+        try:
+            return self._wait(timeout)
+        finally:
+            self.show_notices()
+
+    def _wait(self, timeout: float) -> bool:
         total = journal_records(self.run_dir)
         deadline = time.monotonic() + timeout
         shown = time.monotonic()
@@ -222,6 +321,17 @@ def describe(name: str, entry: dict, total: int) -> str:
     else:
         how = "delivering" + (f" (last error: {entry['error']})" if entry.get("error") else "")
     return f"{name} {done}/{total} records, {how}"
+
+
+def _without_resume(targets: list[dict]) -> list[dict]:
+    return [{k: v for k, v in target.items() if k != "resume"} for target in targets]
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def journal_records(run_dir: str) -> int:

@@ -136,6 +136,9 @@ class TrackerHub:
             on_stall=self._show_stall,
         ).open()
         if remote:
+            for name, spec in remote.items():
+                # the state file's identity comes first; this one is for a journal without it
+                spec["resume"] = self._resume_identity(name, kind)
             self._start_delivery(remote)
 
     def _out_of_process(self) -> dict[str, dict]:
@@ -189,7 +192,7 @@ class TrackerHub:
         )
 
     def _start_delivery(self, remote: dict[str, dict]) -> None:
-        from .delivery_process import DeliveryProcess
+        from .delivery_process import follow_journal
 
         args = self.trainer.args
         journal = next((w for w in self.run.workers if w.tracker.name == "jsonl"), None)
@@ -202,7 +205,8 @@ class TrackerHub:
             )
             self.run.adopt(trackers)
             return
-        self.delivery = DeliveryProcess(
+        self._last_delivery = None
+        self.delivery, new = follow_journal(
             directory,
             list(remote.values()),
             output_dir=args.output_dir,
@@ -210,7 +214,10 @@ class TrackerHub:
             # would leave the backend run open
             close_timeout=max(args.tracker_close_timeout, args.tracker_stall_timeout),
             give_up_after=args.tracker_stall_timeout,
-        ).start()
+            backend_output=any(tracker.backend_output() for tracker in trackers),
+        )
+        if not new:
+            return
         logger.info(
             "delivery process %d feeds %s from the run journal",
             self.delivery.pid,
@@ -291,13 +298,15 @@ class TrackerHub:
         ]
         self._complete_checkpoints(identities)
 
-    def _starting(self) -> list[str]:
-        """Trackers whose run has no identity yet (in this process or the other)."""
-        starting = self.run.starting()
+    def _starting(self) -> tuple[list[str], list[str]]:
+        """Trackers whose run has no identity yet: (in this process, in the delivery
+        process). For the latter a checkpoint needs none: resuming it appends to the same
+        journal, whose state file holds their identities when their runs start."""
+        remote = []
         if self.delivery is not None:
             known = self.delivery.identities()
-            starting += [name for name in self.delivery.names if name not in known]
-        return starting
+            remote = [name for name in self.delivery.names if name not in known]
+        return self.run.starting(), remote
 
     def before_checkpoint(self, directory: str) -> None:
         """Wait for the trackers, within ``tracker_close_timeout`` in all (a start that has
@@ -312,10 +321,11 @@ class TrackerHub:
         # an interrupt checkpoint waits on no tracker: it comes first (docs/reliability.md)
         self.run.flush(0.0 if self.interrupted else args.tracker_close_timeout)
         self._remember_identities(self.run, self.delivery)
-        starting = self._starting()
-        if not starting or not args.should_save:
+        starting, remote = self._starting()
+        if not (starting or remote) or not args.should_save:
             return
-        self._unsettled[os.path.join(directory, TRACKMUX_STATE_FILE_NAME)] = starting
+        # added to the checkpoint once known, for a resume in thread mode
+        self._unsettled[os.path.join(directory, TRACKMUX_STATE_FILE_NAME)] = starting + remote
         # one that resumed a run keeps that run's identity meanwhile
         state.tracker_runs_pending = [name for name in starting if name not in state.tracker_runs]
         for name in state.tracker_runs_pending:

@@ -443,11 +443,20 @@ def test_points_neptune_cannot_store_are_left_out_with_one_warning(trackmux_env,
     ]
 
 
-def test_a_second_train_of_the_same_trainer_is_a_new_run_and_ends_the_first(trackmux_env):
-    trainer = train(trackmux_env / "out", max_steps=2, eval_strategy="no")
-    (first_run,) = tracker_module._OPEN_RUNS.values()
+@pytest.mark.parametrize("delivery", ["thread", "process"])
+def test_a_second_train_of_the_same_trainer_is_a_new_run_and_ends_the_first(trackmux_env, delivery):
+    trainer = train(
+        trackmux_env / "out", max_steps=2, eval_strategy="no", tracker_delivery=delivery
+    )
+    if delivery == "thread":
+        (first_run,) = tracker_module._OPEN_RUNS.values()
+    else:  # the first run lives in the delivery process of the first journal
+        first_process = trainer._tracker_hub._last_delivery.process
     trainer.train()
+    if delivery == "process":  # let go for the new journal, it ended the first run and exited
+        assert first_process.wait(timeout=120) == 0
     first, second = offline_runs(trackmux_env / "out" / ".neptune")
     assert first.fields["trackmux/run_key"] != second.fields["trackmux/run_key"]
-    assert first_run.run.get_state() == "stopped"
-    assert list(tracker_module._OPEN_RUNS) == [second.fields["trackmux/run_key"]]
+    if delivery == "thread":
+        assert first_run.run.get_state() == "stopped"
+        assert list(tracker_module._OPEN_RUNS) == [second.fields["trackmux/run_key"]]
