@@ -93,8 +93,7 @@ def follow_journal(run_dir: str, targets: list[dict], **options) -> tuple[Delive
 
 def delivery_mode(field: str | None) -> str:
     """``TrainingArguments.tracker_delivery`` when set, else ``TRACKMUX_DELIVERY``, else
-    "thread": the delivery process is opt-in until the gaps docs/architecture.md lists
-    ("Status") are closed."""
+    "process" (docs/architecture.md)."""
     value = field or os.environ.get(DELIVERY_ENV_VAR, "").strip().lower() or "process"
     if value not in DELIVERY_MODES:
         raise ValueError(

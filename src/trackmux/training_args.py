@@ -59,7 +59,7 @@ SAVE_STRATEGIES: tuple[str, ...] = ("no", "steps", "epoch", "best")
 
 TRACKER_ARTIFACT_POLICIES: tuple[str, ...] = ("none", "end", "checkpoint", "best", "last")
 TRACKER_DELIVERY_MODES: tuple[str, ...] = ("process", "thread")
-"""Allowed values of ``tracker_delivery`` (None: env ``TRACKMUX_DELIVERY``, else "thread")."""
+"""Allowed values of ``tracker_delivery`` (None: env ``TRACKMUX_DELIVERY``, else "process")."""
 """Allowed values of ``tracker_artifacts``."""
 
 JOURNAL_ERROR_MODES: tuple[str, ...] = ("retry", "stop")
