@@ -28,9 +28,6 @@ logger = logging.getLogger("trackmux.companion")
 
 #: seconds between two reads of a journal that did not grow
 POLL = 0.1
-#: how much lower than the training process it runs (nice); 10 leaves it a tenth of a core
-#: a busy training wants, and all of one it leaves idle
-NICENESS = 10
 #: seconds between two reads of the journal while its last session is closed
 IDLE_POLL = 0.5
 #: failed attempts in a row (no record confirmed in between) before a tracker is given up
@@ -46,10 +43,6 @@ def main() -> int:
     spec["released"] = released
     if hasattr(signal, "SIGINT"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(os, "nice"):
-        # background work: where cores are short, the training's threads come first; what
-        # the backends could not take meanwhile waits in the journal, which is on disk
-        os.nice(NICENESS)
     # the trackers' modules are found where the training process found them
     sys.path[:] = list(dict.fromkeys([*spec.get("sys_path", []), *sys.path]))
     logging.basicConfig(

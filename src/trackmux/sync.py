@@ -225,7 +225,19 @@ def sync_run(
     if not os.path.isfile(log_file):
         raise FileNotFoundError(f"no run log at {log_file}")
     run_dir = os.path.dirname(os.path.abspath(log_file))
-    with _exclusive(run_dir):
+    wanted = names + [t.name for t in trackers or ()]
+    try:
+        lock = _exclusive(run_dir)
+        lock.__enter__()
+    except SyncError:
+        # the delivery process of a training still running holds the run; what it delivered
+        # and closed needs nothing more
+        results = _delivered(run_dir, wanted)
+        if results is None:
+            raise
+        return results
+    with contextlib.ExitStack() as stack:
+        stack.push(lock)
         run = read_run(run_dir)
         if output_dir is None:
             output_dir = default_output_dir(run_dir)
@@ -258,6 +270,25 @@ def sync_run(
                     warn=warn,
                 )
             )
+    return results
+
+
+def _delivered(run_dir: str, names: list[str]) -> list[SyncResult] | None:
+    """Results saying "up to date" when every tracker in ``names`` has every record of the
+    journal and its run closed (read without the lock: the state file is written whole);
+    None otherwise."""
+    from .replay import Journal
+
+    total = Journal(run_dir).count_all()
+    entries = read_state(run_dir)["trackers"]
+    results = []
+    for name in names:
+        entry = entries.get(name) or {}
+        if int(entry.get("records") or 0) < total or entry.get("finished") is None:
+            return None
+        results.append(
+            SyncResult(name, total=total, status=entry.get("status"), where=entry.get("where"))
+        )
     return results
 
 

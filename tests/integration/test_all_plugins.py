@@ -192,16 +192,20 @@ def test_trackio_and_swanlab_beside_the_others_read_back_exactly(trackmux_env):
     training with other trackers, each read back with its own reader and compared exactly
     with the jsonl log of the same run."""
     names = ["jsonl", "trackio", "swanlab", "tensorboard", "mlflow", "wandb"]
-    trainer = run_training(trackmux_env / "out", report_to=names)
-    trackers = {tracker.name: tracker for tracker in trainer.trackers.trackers}
-    assert sorted(trackers) == sorted(names)
-    log = read_run(find_runs(trackmux_env / "out")[-1])
+    out = trackmux_env / "out"
+    # train() returns once the delivery process has delivered and closed every run
+    trainer = run_training(out, report_to=names, tracker_close_timeout=600)
+    assert sorted(tracker.name for tracker in trainer.trackers.trackers) == sorted(names)
+    log = read_run(find_runs(out)[-1])
     expected = {name: [tuple(point) for point in history] for name, history in log.metrics.items()}
     expected.update({name: [(8, value)] for name, value in log.summary.items()})
-    trackio = _plugin_tests("trackio", "test_trackio.py").read_store(trackers["trackio"].directory)
+    # where each run is: its identity (paths relative to the output directory), whichever
+    # process ran the tracker
+    runs = trainer.state.tracker_runs
+    trackio = _plugin_tests("trackio", "test_trackio.py").read_store(out / runs["trackio"]["dir"])
     swanlab = _plugin_tests("swanlab", "test_swanlab.py").read_run(
-        trackers["swanlab"].log_dir, trackers["swanlab"].run_id
+        out / runs["swanlab"]["log_dir"], runs["swanlab"]["run_id"]
     )
-    assert trackio[trackers["trackio"].run_id]["metrics"] == expected
+    assert trackio[runs["trackio"]["run_id"]]["metrics"] == expected
     assert swanlab.metrics == expected
     assert swanlab.status == "success"

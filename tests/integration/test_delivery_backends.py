@@ -35,7 +35,8 @@ TRACKERS = ("mlflow", "tensorboard", "wandb")
 
 @pytest.fixture(autouse=True)
 def _process_delivery(monkeypatch):
-    """These tests are about the delivery process, which is opt-in (docs/architecture.md)."""
+    """These tests are about the delivery process (the default), whatever the environment
+    of the test run says."""
     monkeypatch.setenv("TRACKMUX_DELIVERY", "process")
 
 
