@@ -14,10 +14,7 @@ import itertools
 import logging
 import math
 import os
-import signal
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 
@@ -26,17 +23,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate
 from torch.utils.data.distributed import DistributedSampler
 
-from . import checkpoints, hookspecs
-from .checkpoints import CONFIG_NAME, OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, WEIGHTS_NAME
+from . import hookspecs
 from .distributed import DistributedContext
+from .interrupts import InterruptMethods, Terminated, _Interrupts
 from .lr_schedules import get_scheduler, is_metric_driven
 from .optimizers import create_optimizer
+from .prediction_loop import PredictionLoop
 from .trainer_callback import (
     CallbackHandler,
     DefaultFlowCallback,
     PrinterCallback,
     ProgressCallback,
 )
+from .trainer_checkpoints import CheckpointMethods
 from .trainer_compat import (
     TransformersMethods,
     apply_runtime_options,
@@ -44,12 +43,9 @@ from .trainer_compat import (
     dataloader_options,
     ddp_options,
 )
-from .trainer_state import STATE_FILE_NAME, TrainerControl, TrainerState
+from .trainer_state import TrainerControl, TrainerState
 from .trainer_utils import (
-    TEMPORARY_SUFFIX,
-    EvalPrediction,
     NonFiniteLossError,
-    PredictionOutput,
     TrainOutput,
     get_last_checkpoint,
     set_seed,
@@ -141,9 +137,18 @@ def _one_ahead(iterator):
     yield current
 
 
-class Trainer(TransformersMethods):
+class Trainer(PredictionLoop, CheckpointMethods, InterruptMethods, TransformersMethods):
     """Train, evaluate and predict with a PyTorch model, emitting every event to callbacks,
     plugins and trackers.
+
+    This module holds the set-up, the data loaders, the loss path, the training loop and the
+    events; the Trainer's other jobs are mixins, each in a module of its own:
+    :class:`~trackmux.prediction_loop.PredictionLoop` (``evaluate``, ``predict``,
+    ``prediction_step``), :class:`~trackmux.trainer_checkpoints.CheckpointMethods`
+    (``save_model``, writing and resuming checkpoints; the on-disk format is
+    :mod:`trackmux.checkpoints`), :class:`~trackmux.interrupts.InterruptMethods` (Ctrl-C and
+    SIGTERM, ``save_on_interrupt``) and :class:`~trackmux.trainer_compat.TransformersMethods`
+    (transformers' methods around ``train()``).
 
     Args:
         model: a ``torch.nn.Module`` whose forward returns the loss in a dict (``"loss"``),
@@ -559,65 +564,6 @@ class Trainer(TransformersMethods):
             loss.backward()
         return loss.detach()
 
-    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
-        """Evaluate one batch: returns ``(loss, logits, labels)``, each possibly None.
-
-        As transformers: when every one of ``label_names`` is in the batch, the loss comes
-        from ``compute_loss(model, inputs, return_outputs=True)``; without labels the model
-        runs alone and there is no loss. A batch that is not a mapping (a tuple or a tensor,
-        for a model called positionally) gives the model's own loss, or the override's."""
-        if isinstance(inputs, Mapping):
-            names = self.label_names
-            has_labels = bool(names) and all(inputs.get(name) is not None for name in names)
-            return_loss = inputs.get("return_loss")
-            if return_loss is None:
-                return_loss = self._can_return_loss
-            loss_without_labels = not names and bool(return_loss)
-        else:
-            names, has_labels = [], type(self).compute_loss is not Trainer.compute_loss
-            loss_without_labels = False
-        inputs = self._prepare_inputs(inputs)
-        if ignore_keys is None:
-            config = getattr(self.model, "config", None)
-            ignore_keys = (
-                [] if config is None else getattr(config, "keys_to_ignore_at_inference", ["cache"])
-            )
-        labels = None
-        if has_labels or loss_without_labels:
-            found = tuple(_detached(inputs.get(name)) for name in names)
-            labels = found[0] if len(found) == 1 else (found or None)
-        loss = None
-        with torch.no_grad(), self._autocast():
-            if has_labels or loss_without_labels:
-                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-                loss = loss.detach().mean()
-            else:
-                outputs = self._call_model(model, inputs)
-                if not isinstance(inputs, Mapping):  # positional: the model's own loss
-                    with contextlib.suppress(ValueError):
-                        loss = self._loss_from(outputs).detach()
-        if prediction_loss_only:
-            return loss, None, None
-        return loss, self._logits_from(outputs, ignore_keys, has_labels or loss is not None), labels
-
-    @staticmethod
-    def _logits_from(outputs, ignore_keys, has_loss: bool = True):
-        """What transformers gathers as predictions: the outputs but the loss and
-        ``ignore_keys`` (the whole tuple of a model that returned no loss)."""
-        if isinstance(outputs, torch.Tensor):
-            return None if outputs.ndim == 0 else outputs
-        if isinstance(outputs, Mapping):
-            values = [v for k, v in outputs.items() if k not in ("loss", *ignore_keys)]
-        elif isinstance(outputs, tuple | list):
-            values = list(outputs[1:] if has_loss else outputs)
-        else:
-            logits = getattr(outputs, "logits", None)
-            values = [logits] if logits is not None else []
-        values = [v for v in values if isinstance(v, torch.Tensor)]
-        if not values:
-            return None
-        return values[0] if len(values) == 1 else tuple(values)
-
     # ------------------------------------------------------------------------- train
 
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
@@ -724,38 +670,6 @@ class Trainer(TransformersMethods):
             if self.args.save_on_interrupt:
                 self._save_on_interrupt()
         self._notify_exception(exception)
-
-    def _save_on_interrupt(self) -> None:
-        state, args = self.state, self.args
-        if state.global_step == 0:
-            logger.warning("save_on_interrupt: no step was completed, no checkpoint written")
-            return
-        if self.distributed.enabled:
-            # the ranks were interrupted at different points: a save's barrier could hang
-            logger.warning(
-                "save_on_interrupt is not supported under torch.distributed: no checkpoint "
-                "written; the last regular checkpoint is the one to resume from"
-            )
-            return
-        directory = checkpoints.checkpoint_directory(args.output_dir, state.global_step)
-        if os.path.isfile(os.path.join(directory, STATE_FILE_NAME)):
-            logger.warning("save_on_interrupt: %s is already saved", directory)
-            return
-        interrupts = self._interrupts
-        interrupts.hold()  # a second Ctrl-C must not leave a half-written checkpoint
-        try:
-            self._save_checkpoint()
-            self._event("on_save")
-        except Exception:
-            logger.exception("save_on_interrupt: writing %s failed", directory)
-            return
-        finally:
-            interrupts.holding -= 1
-            interrupts.forget()
-        logger.warning(
-            "save_on_interrupt: saved %s; resume with train(resume_from_checkpoint=True)",
-            directory,
-        )
 
     def _notify_exception(self, exception: BaseException) -> None:
         try:
@@ -1085,353 +999,3 @@ class Trainer(TransformersMethods):
         self._add_token_logs(logs)
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self._event("on_log", logs=logs)
-
-    # ------------------------------------------------------------- evaluate / predict
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        """Evaluate on ``eval_dataset`` (default: the Trainer's), log the metrics and return
-        them, keys prefixed with ``metric_key_prefix``."""
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if isinstance(dataset, dict):  # one evaluation per named dataset, as in Hugging Face
-            metrics = {}
-            with self.trackers.session("evaluate"):  # one tracker session for them all
-                for name, part in dataset.items():
-                    metrics.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
-            return metrics
-        with self.trackers.session("evaluate"):
-            dataloader = self.get_eval_dataloader(dataset)
-            # no predictions to gather without metrics to compute from them (transformers)
-            loss_only = True if self.compute_metrics is None else None
-            output = self._prediction_loop(dataloader, metric_key_prefix, ignore_keys, loss_only)
-            self.log(output.metrics)
-            self._event("on_evaluate", metrics=output.metrics)
-            return output.metrics
-
-    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
-        """Predict on ``test_dataset``: returns predictions, label_ids and metrics."""
-        with self.trackers.session("predict"):
-            dataloader = self.get_test_dataloader(test_dataset)
-            output = self._prediction_loop(dataloader, metric_key_prefix, ignore_keys, None)
-            self._event("on_predict", metrics=output.metrics)
-            return output
-
-    def _prediction_loop(
-        self, dataloader, prefix: str, ignore_keys, prediction_loss_only: bool | None
-    ) -> PredictionOutput:
-        """``prediction_loss_only=None`` takes ``args.prediction_loss_only``. Every
-        ``eval_accumulation_steps`` batches, the predictions gathered so far move to the CPU
-        (less device memory, as in transformers)."""
-        if prediction_loss_only is None:
-            prediction_loss_only = self.args.prediction_loss_only
-        offload_every = self.args.eval_accumulation_steps
-        self.eval_dataloader = dataloader
-        model = self.model
-        model.eval()
-        start = time.time()
-        loss_sum = torch.zeros((), device=self.device)
-        has_loss = False
-        samples = 0
-        batches = 0
-        logits_parts, label_parts = [], []
-        real_batches = getattr(dataloader.batch_sampler, "real_batches", None)
-        for inputs in dataloader:
-            loss, logits, labels = self.prediction_step(
-                model, inputs, prediction_loss_only, ignore_keys
-            )
-            has_loss = has_loss or loss is not None
-            # padding (repeated samples evening out the ranks' shards) counts in no loss
-            if real_batches is None or batches < real_batches:
-                size = _batch_size(inputs)
-                if loss is not None:
-                    loss_sum += loss.float() * size
-                samples += size
-            batches += 1
-            if logits is not None:
-                logits_parts.append(logits.detach())
-            if labels is not None and not prediction_loss_only:
-                label_parts.append(labels.detach())
-            self._event("on_prediction_step")
-            if offload_every and batches % offload_every == 0:
-                logits_parts = _to_cpu(logits_parts)
-                label_parts = _to_cpu(label_parts)
-        runtime = time.time() - start
-        totals = self.distributed.mean(
-            torch.stack([loss_sum, torch.tensor(float(samples), device=self.device)])
-        )
-        metrics = {}
-        if has_loss and totals[1] > 0:
-            metrics["loss"] = (totals[0] / totals[1]).item()
-        length = _dataset_length(dataloader.dataset)
-        predictions = self._gather(logits_parts, length)
-        label_ids = self._gather(label_parts, length)
-        # transformers: no metrics without labels (predict() on unlabelled data)
-        if self.compute_metrics is not None and predictions is not None and label_ids is not None:
-            metrics.update(self.compute_metrics(EvalPrediction(predictions, label_ids)))
-        total_samples = length if length is not None else samples * self.distributed.world_size
-        metrics["runtime"] = runtime
-        metrics["samples_per_second"] = total_samples / max(runtime, 1e-9)
-        metrics["steps_per_second"] = batches / max(runtime, 1e-9)
-        prefixed = {}
-        for key, value in metrics.items():
-            if not key.startswith(f"{prefix}_"):
-                key = f"{prefix}_{key}"
-            prefixed[key] = value
-        return PredictionOutput(predictions, label_ids, prefixed)
-
-    def _gather(self, parts, length):
-        if not parts or not isinstance(parts[0], torch.Tensor):
-            return None
-        tensor = torch.cat(parts, dim=0)
-        if self.distributed.enabled:  # parts offloaded to the CPU come back for the gather
-            tensor = self.distributed.gather(tensor.to(self.device))
-        if length is not None:
-            tensor = tensor[:length]
-        return tensor.float().cpu().numpy() if tensor.is_floating_point() else tensor.cpu().numpy()
-
-    # ----------------------------------------------------------------- checkpoints
-
-    def save_model(self, output_dir: str | None = None) -> str:
-        """Write the model weights (safetensors), its config (when it has one) and the
-        processing class to ``output_dir`` (default: ``args.output_dir``)."""
-        output_dir = output_dir or self.args.output_dir
-        if self.args.should_save:
-            os.makedirs(output_dir, exist_ok=True)
-            from safetensors.torch import save_model
-
-            # the metadata transformers' loaders look for
-            save_model(self.model, os.path.join(output_dir, WEIGHTS_NAME), {"format": "pt"})
-            config = getattr(self.model, "config", None)
-            if config is not None and hasattr(config, "to_json_file"):
-                config.to_json_file(os.path.join(output_dir, CONFIG_NAME))
-            if self.processing_class is not None and hasattr(
-                self.processing_class, "save_pretrained"
-            ):
-                self.processing_class.save_pretrained(output_dir)
-        return output_dir
-
-    def _save_checkpoint(self) -> str:
-        """Write ``checkpoint-<step>`` atomically: every file (each rank's RNG state
-        included, the trainer state last) goes into ``checkpoint-<step>.tmp``, which is
-        renamed to its final name only when complete; a save cut short leaves no directory
-        that resume could pick. The trackers' state names the final directory (the hub may
-        add identities to its trackmux_state.json later: it is there by then). The layout is
-        transformers' (see :mod:`trackmux.checkpoints`)."""
-        args, state, distributed = self.args, self.state, self.distributed
-        directory = checkpoints.checkpoint_directory(args.output_dir, state.global_step)
-        staging = directory + TEMPORARY_SUFFIX
-        self.trackers.before_checkpoint(directory)
-        if args.should_save:
-            checkpoints.remove(staging)  # left by a save that was cut short
-            os.makedirs(staging)
-        distributed.barrier()  # cleaned before any rank writes into it
-        os.makedirs(staging, exist_ok=True)  # a rank whose output_dir is not shared
-        if args.should_save:
-            self.save_model(staging)
-        if args.should_save and not args.save_only_model:
-            torch.save(self.optimizer.state_dict(), os.path.join(staging, OPTIMIZER_NAME))
-            torch.save(self.lr_scheduler.state_dict(), os.path.join(staging, SCHEDULER_NAME))
-            if self.scaler is not None:
-                torch.save(self.scaler.state_dict(), os.path.join(staging, SCALER_NAME))
-        if not args.save_only_model:
-            rng_file = checkpoints.rng_file_name(distributed.rank, distributed.world_size)
-            rng_state = checkpoints.capture_rng_state(distributed.enabled)
-            torch.save(rng_state, os.path.join(staging, rng_file))
-        if state.best_global_step == state.global_step:
-            state.best_model_checkpoint = directory
-        self._stateful_callbacks_to_state()
-        distributed.barrier()  # every rank's files are in before the rename
-        if args.should_save:
-            checkpoints.save_state(state, staging)
-            checkpoints.publish(staging, directory)
-            checkpoints.rotate(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
-        distributed.barrier()
-        if not args.should_save and os.path.isdir(staging):
-            # this rank's output_dir is not the main process's: publish its own files
-            checkpoints.publish(staging, directory)
-        return directory
-
-    def _stateful_callbacks_to_state(self) -> None:
-        """Record the callbacks' and the control's states, keyed by class name; several
-        instances make a list that is rebuilt (not appended to) on every save."""
-        self.state.stateful_callbacks = checkpoints.callback_states(
-            self.callback_handler.callbacks, self.control
-        )
-
-    def _load_model_weights(self, directory: str) -> None:
-        from safetensors.torch import load_model
-
-        load_model(self.model, os.path.join(directory, WEIGHTS_NAME), device=str(self.device))
-
-    def _load_checkpoint(self, directory: str) -> None:
-        """Restore what a checkpoint (trackmux's or transformers') holds but the RNG state,
-        which the training loop restores where transformers does (see ``_restore_rng``)."""
-        checkpoints.check_state_file(directory)
-        self._load_model_weights(directory)
-        self._check_resumable(directory)
-
-        def load(name):
-            return checkpoints.load_tensors(os.path.join(directory, name), self.device)
-
-        optimizer_state = load(OPTIMIZER_NAME)
-        optimizer_state = checkpoints.fit_optimizer_state(
-            optimizer_state, self.optimizer, self.model
-        )
-        self.optimizer.load_state_dict(optimizer_state)
-        scheduler_state = checkpoints.fit_scheduler_state(load(SCHEDULER_NAME), self.optimizer)
-        self.lr_scheduler.load_state_dict(scheduler_state)
-        if self.scaler is not None and os.path.isfile(os.path.join(directory, SCALER_NAME)):
-            self.scaler.load_state_dict(load(SCALER_NAME))
-        loaded = checkpoints.load_state(directory)
-        loaded.is_local_process_zero = self.distributed.is_local_zero
-        loaded.is_world_process_zero = self.distributed.is_world_zero
-        if loaded.best_model_checkpoint and not os.path.isdir(loaded.best_model_checkpoint):
-            logger.warning(
-                "best_model_checkpoint %s no longer exists; forgetting it",
-                loaded.best_model_checkpoint,
-            )
-            loaded.best_model_checkpoint = None
-        for name in ("logging_steps", "eval_steps", "save_steps"):
-            if getattr(loaded, name) != getattr(self.state, name):
-                logger.warning(
-                    "%s differs from the checkpoint's (%s vs %s): the current value is used",
-                    name,
-                    getattr(self.state, name),
-                    getattr(loaded, name),
-                )
-                setattr(loaded, name, getattr(self.state, name))
-        loaded.max_steps = self.state.max_steps
-        loaded.num_train_epochs = self.state.num_train_epochs
-        self.state = loaded
-        checkpoints.restore_callback_states(
-            self.callback_handler.callbacks, self.control, loaded.stateful_callbacks
-        )
-        distributed = self.distributed
-        self._rng_file = checkpoints.find_rng_file(
-            directory, distributed.rank, distributed.world_size
-        )
-        if self._rng_file is None:
-            logger.warning("no RNG state for rank %s in %s", distributed.rank, directory)
-
-    def _restore_rng(self) -> None:
-        """The RNG state of the checkpoint resumed from, once: after the data loader of the
-        resumed epoch has started (it draws its base seed from the global generator) and its
-        trained batches were skipped, as transformers does, so the steps after the resume
-        draw the numbers the uninterrupted run drew."""
-        if self._rng_file is None:
-            return
-        path, self._rng_file = self._rng_file, None
-        checkpoints.restore_rng_state(checkpoints.load_tensors(path), self.distributed.enabled)
-
-
-def _batch_size(inputs) -> int:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.shape[0] if inputs.ndim else 1
-    if isinstance(inputs, Mapping):
-        values = inputs.values()
-    elif isinstance(inputs, tuple | list):
-        values = inputs
-    else:
-        return 1
-    for value in values:
-        if isinstance(value, torch.Tensor) and value.ndim:
-            return value.shape[0]
-    return 1
-
-
-def _to_cpu(parts: list) -> list:
-    return [part.cpu() if isinstance(part, torch.Tensor) else part for part in parts]
-
-
-def _detached(value):
-    return value.detach() if isinstance(value, torch.Tensor) else value
-
-
-def _dataset_length(dataset):
-    try:
-        return len(dataset)
-    except TypeError:
-        return None
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what schedulers and ``kill`` send) during training: a ``KeyboardInterrupt``,
-    so the code that handles Ctrl-C handles it too and trackers close their runs as killed.
-    Once they are closed, ``train()`` hands the signal back to the handler that was there
-    before (by default: the process ends by SIGTERM, exit status -15, 143 in a shell)."""
-
-    def __init__(self, signum: int = signal.SIGTERM):
-        self.signal = signal.Signals(signum)
-        super().__init__(f"received signal {self.signal.name}")
-
-
-class _Interrupts:
-    """SIGINT and SIGTERM while training, on the main thread.
-
-    Either raises at once (KeyboardInterrupt, :class:`Terminated`), except while it is
-    *held*: during a parameter update and a checkpoint write, so a checkpoint never captures
-    a half-applied step or is left half-written, and while the trackers close, so closing
-    them is never cut short. A signal that arrives then is raised when the hold ends.
-    A SIGINT handler other than Python's default, or a SIGTERM one set to ignore, is left as
-    the user installed it."""
-
-    def __init__(self):
-        self.holding = 0
-        self.pending: int | None = None
-        self.previous: dict[int, object] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        # None: a handler set outside Python, which could not be put back afterwards
-        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, None):
-            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc_info):
-        for signum, previous in self.previous.items():
-            signal.signal(signum, previous)
-        return False
-
-    def _handle(self, signum, frame):
-        if self.holding:
-            if self.pending is None:
-                self.pending = signum
-            return
-        raise _interrupt(signum)
-
-    def hold(self) -> None:
-        self.holding += 1
-
-    def release(self) -> None:
-        """End one hold; raise the signal that arrived meanwhile, if any."""
-        self.holding -= 1
-        if not self.holding and self.pending is not None:
-            signum, self.pending = self.pending, None
-            raise _interrupt(signum)
-
-    def forget(self) -> None:
-        """Drop what arrived during a hold: training is being interrupted already."""
-        self.pending = None
-
-    def pass_on(self, interrupt: Terminated) -> None:
-        """After the trackers closed: give SIGTERM to the handler that was installed before
-        training (the default one ends the process, as it would have without trackmux)."""
-        previous = self.previous.get(signal.SIGTERM)
-        if previous is None:  # not installed by us (another thread, or SIGTERM ignored)
-            return
-        signal.signal(signal.SIGTERM, previous)
-        if previous is signal.SIG_DFL:
-            for stream in (sys.stdout, sys.stderr):  # the process ends inside os.kill
-                try:
-                    stream.flush()
-                except (AttributeError, OSError, ValueError):
-                    pass
-            os.kill(os.getpid(), interrupt.signal)
-        elif callable(previous):
-            previous(interrupt.signal, None)
-
-
-def _interrupt(signum: int) -> KeyboardInterrupt:
-    return Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt()
