@@ -135,7 +135,7 @@ def parent_alive(parent: int) -> bool:
 
 
 def _feed(spec: dict, target: dict, state: dict, save, parent: int) -> None:
-    from .replay import Journal, Replay
+    from .replay import READ_LIMIT, Journal, Replay
 
     name = target["name"]
     released = spec.get("released") or _ALWAYS_RELEASED
@@ -159,9 +159,11 @@ def _feed(spec: dict, target: dict, state: dict, save, parent: int) -> None:
         try:
             while True:
                 gone = not parent_alive(parent)  # before reading: then the read is the last
-                records = journal.read()
+                records = journal.read(READ_LIMIT)
                 if records:
                     replay.feed(records)
+                if gone and records:
+                    continue  # the journal is complete now: read the rest of it
                 if gone:
                     replay.end()
                     logger.info(

@@ -44,6 +44,11 @@ def _leave_running() -> None:
     # a delivery process outlives the training process on purpose (it finishes delivering,
     # then exits): tell Popen not to warn at shutdown that it still runs
     for process in _BACKGROUND:
+        if process.stdin is not None and not process.stdin.closed:
+            try:
+                process.stdin.close()  # let go: it ends once its last session is delivered
+            except OSError:
+                pass
         if process.poll() is None:
             process.returncode = 0
 
@@ -178,6 +183,7 @@ class DeliveryProcess:
         # one line; stdin stays open while this process may give the journal another session
         self.process.stdin.write(json.dumps(self.spec).encode("utf-8") + b"\n")
         self.process.stdin.flush()
+        _BACKGROUND[:] = [p for p in _BACKGROUND if p.poll() is None]
         _BACKGROUND.append(self.process)
         return self
 

@@ -23,6 +23,10 @@ from .tracker import KILLED, STATUSES, Tracker
 
 logger = logging.getLogger(__name__)
 
+#: bytes of the journal a follower reads at once (about 5000 records): a backlog, after a
+#: backend hung for an hour, is delivered in parts of bounded memory, each confirmed
+READ_LIMIT = 1 << 20
+
 #: records sent between two confirmations in a one-shot sync; the state is saved at each,
 #: so a sync that fails resends at most this many records
 FLUSH_EVERY = 500
@@ -39,10 +43,17 @@ class Journal:
         self.offset = 0
         self.count = 0
 
-    def read(self) -> list[tuple[int, dict]]:
+    def read(self, limit: int = -1) -> list[tuple[int, dict]]:
+        """``limit``: read about that many bytes at most (whole lines; a longer line is
+        read whole), so that a backlog is taken in parts of bounded memory."""
         with open(self.path, "rb") as handle:
             handle.seek(self.offset)
-            data = handle.read()
+            data = handle.read(limit)
+            while limit > 0 and len(data) >= limit and b"\n" not in data:
+                more = handle.read(limit)  # one line longer than the limit
+                if not more:
+                    break
+                data += more
         end = data.rfind(b"\n")
         if end < 0:
             return []
@@ -62,7 +73,7 @@ class Journal:
 
     def count_all(self) -> int:
         """Read to the end; the records the journal holds."""
-        while self.read():
+        while self.read(READ_LIMIT):
             pass
         return self.count
 
