@@ -34,6 +34,9 @@ class LossWindow:
         # optimizer step's loss: its finiteness is then the step's, counted at the replay)
         self._pending: list[tuple[torch.Tensor, int, bool]] = []
         self._base: torch.Tensor | None = None  # total when the pending losses began
+        #: False while no step can have been counted in ``nonfinite_steps``: reading the
+        #: count (a sync on a GPU) can wait until then
+        self.may_count_nonfinite = False
 
     def add(self, loss: torch.Tensor, steps_since_log: int, whole_step: bool) -> None:
         """Add one micro-batch's loss. ``whole_step``: it is its optimizer step's only
@@ -49,6 +52,7 @@ class LossWindow:
         returns whether that loss is finite."""
         finite = torch.isfinite(step_loss)
         self.nonfinite_steps += ~finite
+        self.may_count_nonfinite = True
         return finite
 
     def settle(self) -> torch.Tensor:
@@ -68,6 +72,7 @@ class LossWindow:
         self._base = None
 
     def _replay(self) -> None:
+        self.may_count_nonfinite = True
         total = self._base.clone() if self._base is not None else torch.zeros_like(self.total)
         for loss, steps_since_log, whole_step in self._pending:
             finite = torch.isfinite(loss)

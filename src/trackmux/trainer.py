@@ -1006,11 +1006,15 @@ class Trainer(TransformersMethods):
         """Say once when a logged loss is NaN/inf. A non-finite step makes the sum of the
         window non-finite, so this costs nothing per step: the device counter is read only
         then. With ``logging_nan_inf_filter`` (transformers' default) the logged loss stays
-        finite, so the counter is read at each log until the first non-finite step."""
+        finite, so the counter is read at a log once a step may have been counted in it."""
         if self._nonfinite_reported:
             return
         if math.isfinite(loss):
-            if not self.args.logging_nan_inf_filter or not self._losses.nonfinite_steps.item():
+            if (
+                not self.args.logging_nan_inf_filter
+                or not self._losses.may_count_nonfinite
+                or not self._losses.nonfinite_steps.item()
+            ):
                 return
             loss = "NaN or infinite (logged as the window's mean: logging_nan_inf_filter)"
         self._nonfinite_reported = True
