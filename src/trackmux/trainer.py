@@ -117,15 +117,22 @@ class _RemoveColumns:
     def __init__(self, collator, keep: frozenset):
         self.collator = collator
         self.keep = keep
+        # torch's default_collate only reads the samples, so those that keep every key can
+        # go to it as they are; another collator may pop keys (transformers' examples do)
+        # and gets copies, never the dataset's own items
+        self._reads_only = collator is default_collate
 
     def __call__(self, samples):
         keep = self.keep
-        # still a copy per sample (a collator may pop keys, as transformers' examples do,
-        # and must not change the dataset's items), but the usual one keeps every key:
-        # dict() copies it in C, a comprehension costs several microseconds per batch
+        # (a dict subclass is copied: the batch is then a plain dict, as it always was)
+        if self._reads_only and all(
+            sample.keys() <= keep if type(sample) is dict else not isinstance(sample, dict)
+            for sample in samples
+        ):
+            return self.collator(samples)
         samples = [
             (
-                dict(sample)
+                dict(sample)  # a copy in C: a comprehension costs microseconds per batch
                 if sample.keys() <= keep
                 else {k: v for k, v in sample.items() if k in keep}
             )
