@@ -3,7 +3,7 @@ micro-batch.
 
 ``logging_nan_inf_filter`` (transformers' default) replaces a NaN/inf micro-batch loss by the
 mean of the window so far, and the end-of-run metrics count the optimizer steps whose loss
-was NaN/inf. Done eagerly that is five more tensor operations per step than a plain loop's
+was NaN/inf. Done eagerly that is six more tensor operations per step than a plain loop's
 ``running += loss`` (a few microseconds each: several percent of a small model's step). A
 non-finite loss makes the plain sum non-finite too, so the window keeps only the plain sum
 and the losses it added; when it is read (at a log, or every ``MAX_PENDING`` micro-batches)
