@@ -284,3 +284,32 @@ def test_the_control_is_saved_with_the_callbacks(tmp_path):
     state = json.loads((tmp_path / "checkpoint-10" / "trainer_state.json").read_text())
     assert state["stateful_callbacks"]["TrainerControl"]["args"]["should_save"] is True
     assert "run_name" not in state and "tracker_runs" not in state
+
+
+def test_remove_unused_columns_never_hands_a_collator_the_datasets_own_items():
+    from collections import OrderedDict
+
+    from torch.utils.data import default_collate
+
+    from trackmux.trainer import _RemoveColumns
+
+    items = [{"x": torch.ones(2), "labels": torch.zeros(1)} for _ in range(3)]
+    keep = frozenset({"x", "labels"})
+
+    def popping(samples):  # as transformers' multiple-choice example collator does
+        labels = [sample.pop("labels") for sample in samples]
+        return {"x": torch.stack([s["x"] for s in samples]), "labels": torch.stack(labels)}
+
+    for _ in range(2):  # a second epoch still finds the labels
+        batch = _RemoveColumns(popping, keep)(items)
+        assert batch["labels"].shape == (3, 1)
+    assert all(set(item) == {"x", "labels"} for item in items)
+
+    # torch's default_collate gets every key kept, or only the kept keys
+    batch = _RemoveColumns(default_collate, keep)(items)
+    assert set(batch) == {"x", "labels"} and batch["x"].shape == (3, 2)
+    with_id = [{**item, "id": n} for n, item in enumerate(items)]
+    assert set(_RemoveColumns(default_collate, keep)(with_id)) == {"x", "labels"}
+    # a dict subclass still becomes a plain dict batch, as before
+    ordered = [OrderedDict(item) for item in items]
+    assert type(_RemoveColumns(default_collate, keep)(ordered)) is dict

@@ -291,9 +291,15 @@ def get_scheduler(
 def is_metric_driven(scheduler) -> bool:
     """Whether ``scheduler`` steps on a metric (``ReduceLROnPlateau``, :class:`GreedyLR`)
     rather than once per optimizer step."""
+    return isinstance(scheduler, _metric_driven_classes())
+
+
+@functools.cache
+def _metric_driven_classes() -> tuple[type, ...]:
+    # asked once per optimizer step: torch is imported (lazily) and the tuple built once
     import torch
 
-    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau | GreedyLR)
+    return (torch.optim.lr_scheduler.ReduceLROnPlateau, GreedyLR)
 
 
 class _StreamingAverage:

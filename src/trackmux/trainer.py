@@ -26,6 +26,7 @@ from torch.utils.data.distributed import DistributedSampler
 from . import hookspecs
 from .distributed import DistributedContext
 from .interrupts import InterruptMethods, Terminated, _Interrupts
+from .loss_window import LossWindow
 from .lr_schedules import get_scheduler, is_metric_driven
 from .optimizers import create_optimizer
 from .prediction_loop import PredictionLoop
@@ -112,10 +113,25 @@ class _RemoveColumns:
     def __init__(self, collator, keep: frozenset):
         self.collator = collator
         self.keep = keep
+        # torch's default_collate only reads the samples, so those that keep every key can
+        # go to it as they are; another collator may pop keys (transformers' examples do)
+        # and gets copies, never the dataset's own items
+        self._reads_only = collator is default_collate
 
     def __call__(self, samples):
+        keep = self.keep
+        # (a dict subclass is copied: the batch is then a plain dict, as it always was)
+        if self._reads_only and all(
+            sample.keys() <= keep if type(sample) is dict else not isinstance(sample, dict)
+            for sample in samples
+        ):
+            return self.collator(samples)
         samples = [
-            {k: v for k, v in sample.items() if k in self.keep}
+            (
+                dict(sample)  # a copy in C: a comprehension costs microseconds per batch
+                if sample.keys() <= keep
+                else {k: v for k, v in sample.items() if k in keep}
+            )
             if isinstance(sample, dict)
             else sample
             for sample in samples
@@ -716,10 +732,10 @@ class Trainer(PredictionLoop, CheckpointMethods, InterruptMethods, TransformersM
         updates_per_epoch = plan["updates_per_epoch"]
         start_time = time.time()
         start_step = state.global_step
-        self._loss_since_log = torch.zeros((), device=self.device)
+        # the loss since the last log and the steps whose loss was NaN/inf, on the device:
+        # no sync per step
+        self._losses = LossWindow(self.device, args.logging_nan_inf_filter)
         self._steps_since_log = 0
-        # steps whose loss was NaN/inf, counted on the device: no sync per step
-        self._nonfinite_steps = torch.zeros((), dtype=torch.int64, device=self.device)
         self._nonfinite_reported = False
         self._last_logged_step = state.global_step
         self._total_loss = 0.0
@@ -774,10 +790,10 @@ class Trainer(PredictionLoop, CheckpointMethods, InterruptMethods, TransformersM
             self._maybe_log_save_evaluate()
 
         # steps after the last log (logging_strategy "no", an early stop) count in train_loss
-        rest = self.distributed.mean(self._loss_since_log).item()
+        rest = self.distributed.mean(self._losses.settle()).item()
         self._check_loss(rest)
         self._total_loss += rest
-        nonfinite = int(self._nonfinite_steps.item())  # once per training
+        nonfinite = int(self._losses.nonfinite_steps.item())  # once per training
         if args.load_best_model_at_end and state.best_model_checkpoint:
             self._load_model_weights(state.best_model_checkpoint)
         runtime = time.time() - start_time
@@ -816,6 +832,9 @@ class Trainer(PredictionLoop, CheckpointMethods, InterruptMethods, TransformersM
         self._num_items_in_batch = self._count_label_items(inputs_window)
         self.control._new_step()
         self._event("on_step_begin")
+        # a lone micro-batch's loss is its step's: the window counts the step when it
+        # settles; otherwise (or to stop at once on a NaN/inf) the step is counted here
+        counted_later = window == 1 and not self.args.stop_on_nonfinite_loss
         step_loss = None
         for index, inputs in enumerate(inputs_window):
             self._count_input_tokens(inputs)
@@ -825,8 +844,9 @@ class Trainer(PredictionLoop, CheckpointMethods, InterruptMethods, TransformersM
                     loss = self.training_step(model, inputs, window)
             else:
                 loss = self.training_step(model, inputs, window)
-            self._loss_since_log += self._filter_nan_inf(loss)
-            step_loss = loss if step_loss is None else step_loss + loss
+            self._losses.add(loss, self._steps_since_log, counted_later)
+            if not counted_later:
+                step_loss = loss if step_loss is None else step_loss + loss
             if not last:
                 self._event("on_substep_end")
                 if self._transformers_flow and (
@@ -835,10 +855,10 @@ class Trainer(PredictionLoop, CheckpointMethods, InterruptMethods, TransformersM
                     return False  # transformers reads the flags after every micro-batch
         if len(inputs_window) < window:
             return False
-        finite = torch.isfinite(step_loss)
-        self._nonfinite_steps += ~finite  # stays on the device: read at a log, or the end
-        if self.args.stop_on_nonfinite_loss:
-            self._stop_if_nonfinite(finite, step_loss)
+        if not counted_later:
+            finite = self._losses.count_step(step_loss)
+            if self.args.stop_on_nonfinite_loss:
+                self._stop_if_nonfinite(finite, step_loss)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         # the norm before clipping, logged as grad_norm even without clipping (transformers)
@@ -907,11 +927,15 @@ class Trainer(PredictionLoop, CheckpointMethods, InterruptMethods, TransformersM
         """Say once when a logged loss is NaN/inf. A non-finite step makes the sum of the
         window non-finite, so this costs nothing per step: the device counter is read only
         then. With ``logging_nan_inf_filter`` (transformers' default) the logged loss stays
-        finite, so the counter is read at each log until the first non-finite step."""
+        finite, so the counter is read at a log once a step may have been counted in it."""
         if self._nonfinite_reported:
             return
         if math.isfinite(loss):
-            if not self.args.logging_nan_inf_filter or not self._nonfinite_steps.item():
+            if (
+                not self.args.logging_nan_inf_filter
+                or not self._losses.may_count_nonfinite
+                or not self._losses.nonfinite_steps.item()
+            ):
                 return
             loss = "NaN or infinite (logged as the window's mean: logging_nan_inf_filter)"
         self._nonfinite_reported = True
@@ -923,14 +947,14 @@ class Trainer(PredictionLoop, CheckpointMethods, InterruptMethods, TransformersM
             "stops it); the end-of-run metrics count them as train_nonfinite_loss_steps",
             loss,
             last,
-            int(self._nonfinite_steps.item()),
+            int(self._losses.nonfinite_steps.item()),
             steps,
         )
 
     def _maybe_log_save_evaluate(self) -> None:
         control = self.control
         if control.should_log and self._steps_since_log:
-            loss = self.distributed.mean(self._loss_since_log).item()
+            loss = self.distributed.mean(self._losses.settle()).item()
             self._check_loss(loss)
             self._last_logged_step = self.state.global_step
             logs = {"loss": loss / self._steps_since_log}
@@ -938,7 +962,7 @@ class Trainer(PredictionLoop, CheckpointMethods, InterruptMethods, TransformersM
                 logs["grad_norm"] = float(self._last_grad_norm)
             logs["learning_rate"] = self._last_learning_rate
             self._total_loss += loss
-            self._loss_since_log.zero_()
+            self._losses.reset()
             self._steps_since_log = 0
             self.log(logs)
         control.should_log = False

@@ -276,14 +276,6 @@ class TransformersMethods:
             count = self.distributed.mean(count.double()) * self.distributed.world_size
         self.state.num_input_tokens_seen += int(round(float(count)))
 
-    def _filter_nan_inf(self, loss: torch.Tensor) -> torch.Tensor:
-        """``logging_nan_inf_filter``: a NaN/inf micro-batch loss counts as the mean of the
-        steps since the last log, as transformers does (on the device: no sync)."""
-        if not self.args.logging_nan_inf_filter:
-            return loss
-        mean = self._loss_since_log / (1 + self._steps_since_log)
-        return torch.where(torch.isfinite(loss), loss, mean)
-
     def _maybe_empty_cache(self) -> None:
         steps = self.args.torch_empty_cache_steps
         on_gpu = self.device.type == "cuda"

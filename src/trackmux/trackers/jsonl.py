@@ -41,6 +41,10 @@ WARN_EVERY = 60.0
 JOURNAL_ERROR_MODES = ("retry", "stop")
 
 
+#: json.dumps(record, default=str) without building an encoder for every record
+_ENCODER = json.JSONEncoder(default=str)
+
+
 def _json_number(value):
     # JSON has no NaN/inf: write them as strings the reader turns back into floats
     if isinstance(value, float) and not math.isfinite(value):
@@ -168,7 +172,7 @@ class JsonlTracker(Tracker):
         record["time"] = time.time()
         if "metrics" in record:
             record["metrics"] = {k: _json_number(v) for k, v in record["metrics"].items()}
-        line = (json.dumps(record, default=str) + "\n").encode("utf-8")
+        line = (_ENCODER.encode(record) + "\n").encode("utf-8")
         if len(self._pending) >= self._limit and record["type"] == "metrics":
             # the buffer is full: lose this point, keep the records that frame the run
             self.dropped_records += 1
