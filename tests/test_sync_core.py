@@ -474,3 +474,25 @@ def test_sessions_and_superseded_points():
         "success",
     )
     assert superseded(records) == {3}
+
+
+def test_the_journal_is_read_in_parts_of_bounded_size(tmp_path):
+    from trackmux.replay import Journal
+
+    lines = [{"type": "metrics", "step": i, "pad": "x" * (5 if i != 3 else 300)} for i in range(8)]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    path = Path(events_path(tmp_path))
+    path.write_text(text + '{"type": "metrics", "st', encoding="utf-8")  # one being written
+    journal = Journal(tmp_path)
+    parts = []
+    while part := journal.read(100):
+        parts.append([record["step"] for _, record in part])
+    # whole lines only, each part about the limit (a longer line is read whole), in order,
+    # numbered as read_run numbers them; the line being written waits
+    # (100 bytes: two lines of 46; the line of 346 bytes is read whole, with what follows it
+    # up to the next newline in the last 100 bytes read)
+    assert parts == [[0, 1], [2], [3, 4], [5, 6], [7]]
+    assert journal.count == 8
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('ep": 8}\n')
+    assert [(index, record["step"]) for index, record in journal.read(100)] == [(8, 8)]

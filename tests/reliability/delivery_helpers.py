@@ -5,6 +5,7 @@ process; it can hang like a dead backend."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -23,6 +24,8 @@ class JournalRecorder(Tracker):
 
     def start(self, run):
         torch = "torch" in sys.modules
+        if self.setting("notice"):  # what a backend's plugin says, e.g. "logging offline"
+            logging.getLogger(f"trackmux.{self.name}").info(self.setting("notice"))
         self._write("start", session=run.kind, step=run.step, resume=run.resume, torch=torch)
         return run.resume or {"id": f"recorded-{os.getpid()}-{time.time_ns()}"}
 

@@ -317,3 +317,59 @@ def test_the_companion_module_imports_no_torch():
     code = "import sys, trackmux.companion, trackmux.replay; print('torch' in sys.modules)"
     result = run_child([sys.executable, "-c", code])
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_evaluate_after_train_is_the_same_delivery_process_and_backend_run(tmp_path):
+    from trackmux.testing.toy import RegressionDataset
+
+    path = tmp_path / "received.jsonl"
+    trainer = make_trainer(tmp_path / "out", [JournalRecorder(path=str(path))])
+    trainer.train()
+    trainer.evaluate(RegressionDataset(8, seed=1))
+    run_dir = only_run(tmp_path / "out")
+    entry = wait_until_closed(run_dir)
+    starts = [call for call in received(path) if call["type"] == "start"]
+    # the process that holds the backend run open delivers the next session of its journal
+    # (a backend like Neptune offline cannot reopen a run from another process)
+    assert [s["session"] for s in starts] == ["train", "evaluate"]
+    assert starts[0]["pid"] == starts[1]["pid"]
+    assert starts[1]["resume"] == entry["identity"]
+    assert [c["status"] for c in received(path) if c["type"] == "finish"] == ["success"] * 2
+
+
+def test_a_trackers_notice_is_shown_by_the_training_process(tmp_path, caplog):
+    import logging
+
+    notice = "journal-recorder: no credentials, logging offline; upload later with: x sync"
+    tracker = JournalRecorder(path=str(tmp_path / "received.jsonl"), notice=notice)
+    trainer = make_trainer(tmp_path / "out", [tracker], tracker_close_timeout=600)
+    with caplog.at_level(logging.INFO, logger="trackmux.journal-recorder"):
+        trainer.train()
+    said = [r for r in caplog.records if r.name == "trackmux.journal-recorder"]
+    assert [r.getMessage() for r in said] == [notice]  # as if the tracker ran here
+    [start] = [c for c in received(tmp_path / "received.jsonl") if c["type"] == "start"]
+    assert start["pid"] != os.getpid()  # it did not
+
+
+def test_a_checkpoint_warns_about_no_tracker_the_delivery_process_starts(tmp_path, caplog):
+    import logging
+
+    from trackmux.trainer_state import TRACKMUX_STATE_FILE_NAME
+
+    trainer = make_trainer(
+        tmp_path / "out",
+        [JournalRecorder(path=str(tmp_path / "received.jsonl"))],
+        save_strategy="steps",
+        save_steps=2,
+        tracker_close_timeout=600,
+    )
+    with caplog.at_level(logging.WARNING):
+        trainer.train()
+    assert not [r for r in caplog.records if "had not started" in r.getMessage()]
+    identity = wait_until_closed(only_run(tmp_path / "out"))["identity"]
+    for step in (2, 4, 6):
+        state_file = tmp_path / "out" / f"checkpoint-{step}" / TRACKMUX_STATE_FILE_NAME
+        state = json.loads(state_file.read_text())
+        assert state["tracker_runs_pending"] == []
+        # known by the end of the session, the identity was added to every checkpoint
+        assert state["tracker_runs"]["journal-recorder"] == identity
