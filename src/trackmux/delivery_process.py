@@ -83,17 +83,18 @@ def follow_journal(run_dir: str, targets: list[dict], **options) -> tuple[Delive
     trackers: an evaluate() after train(), or a resumed training in the same process,
     continues the backend runs it holds open. Any other one is let go; it exits once its
     last session is delivered and closed, and a new one continues from the state file."""
-    current = _FOLLOWING.pop(run_dir, None)
+    wanted = DeliveryProcess(run_dir, targets, **options)
+    current = _FOLLOWING.pop(wanted.run_dir, None)
     for process in _FOLLOWING.values():
         process.release()  # a journal no session of this process writes to any more
     _FOLLOWING.clear()
-    if current is not None and current.serves(run_dir, targets):
-        _FOLLOWING[run_dir] = current
+    if current is not None and current.serves(wanted):
+        _FOLLOWING[wanted.run_dir] = current
         return current, False
     if current is not None:
         current.release()
-    _FOLLOWING[run_dir] = DeliveryProcess(run_dir, targets, **options).start()
-    return _FOLLOWING[run_dir], True
+    _FOLLOWING[wanted.run_dir] = wanted.start()
+    return wanted, True
 
 
 def delivery_mode(field: str | None) -> str:
@@ -143,6 +144,8 @@ class DeliveryProcess:
         give_up_after: float,
         backend_output: bool = False,
     ):
+        # absolute: the training process may change its working directory meanwhile
+        run_dir = os.path.abspath(run_dir)
         self.run_dir = run_dir
         self.backend_output = backend_output
         self.names = [t["name"] for t in targets]
@@ -187,16 +190,23 @@ class DeliveryProcess:
         _BACKGROUND.append(self.process)
         return self
 
-    def serves(self, run_dir: str, targets: list[dict]) -> bool:
-        """Whether this process, still running, feeds exactly ``targets`` from ``run_dir``:
-        the next session of the same journal (an evaluate() after train()) is then its."""
+    def serves(self, wanted: DeliveryProcess) -> bool:
+        """Whether this process, still running, does the work of ``wanted`` (not started):
+        the same journal, trackers and settings. The next session of the journal (an
+        evaluate() after train()) is then its."""
         return (
             self.process is not None
             and self.process.poll() is None
             and not self.process.stdin.closed
-            and run_dir == self.run_dir
-            and _without_resume(targets) == _without_resume(self.spec["trackers"])
+            and self._work() == wanted._work()
         )
+
+    def _work(self) -> dict:
+        spec = {k: v for k, v in self.spec.items() if k not in ("parent", "sys_path")}
+        spec["trackers"] = [
+            {k: v for k, v in target.items() if k != "resume"} for target in spec["trackers"]
+        ]
+        return {**spec, "backend_output": self.backend_output}
 
     def release(self) -> None:
         """No other session will come: the process exits once the last one is delivered
@@ -326,10 +336,6 @@ def describe(name: str, entry: dict, total: int) -> str:
     else:
         how = "delivering" + (f" (last error: {entry['error']})" if entry.get("error") else "")
     return f"{name} {done}/{total} records, {how}"
-
-
-def _without_resume(targets: list[dict]) -> list[dict]:
-    return [{k: v for k, v in target.items() if k != "resume"} for target in targets]
 
 
 def _size(path: str) -> int:

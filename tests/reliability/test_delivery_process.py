@@ -373,3 +373,19 @@ def test_a_checkpoint_warns_about_no_tracker_the_delivery_process_starts(tmp_pat
         assert state["tracker_runs_pending"] == []
         # known by the end of the session, the identity was added to every checkpoint
         assert state["tracker_runs"]["journal-recorder"] == identity
+
+
+def test_the_same_relative_run_in_another_working_directory_gets_its_own_delivery(
+    tmp_path, monkeypatch
+):
+    # the same relative output_dir and tracker settings, two working directories (pytest's
+    # tmp_path, a notebook's chdir): two journals, so two delivery processes
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        tracker = JournalRecorder(path="received.jsonl")  # relative: in the working directory
+        make_trainer("out", [tracker], tracker_close_timeout=120).train()
+        entry = wait_until_closed(only_run(tmp_path / name / "out"))
+        assert entry["status"] == "success"
+        calls = received(tmp_path / name / "received.jsonl")
+        assert [c["type"] for c in calls][0] == "start" and calls[-1]["type"] == "finish"
