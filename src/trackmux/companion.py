@@ -40,7 +40,6 @@ def main() -> int:
     spec = json.loads(sys.stdin.readline())
     released = threading.Event()
     threading.Thread(target=_wait_for_release, args=(released,), daemon=True).start()
-    spec["released"] = released
     if hasattr(signal, "SIGINT"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the trackers' modules are found where the training process found them
@@ -56,13 +55,14 @@ def main() -> int:
     logger.info(
         "following %s for %s", spec["run_dir"], ", ".join(t["name"] for t in spec["trackers"])
     )
-    follow(spec)
+    follow(spec, released)
     return 0
 
 
-def follow(spec: dict) -> None:
+def follow(spec: dict, released: threading.Event) -> None:
     """Feed every tracker of ``spec`` until the journal's last session is delivered and
-    closed, or the training process is gone and everything it wrote was delivered."""
+    closed and the training process ``released`` it (no other session will come), or the
+    training process is gone and everything it wrote was delivered."""
     from .replay import Journal
     from .sync import STATE_FORMAT, SyncError, _exclusive, _saver, read_state
 
@@ -84,7 +84,7 @@ def follow(spec: dict) -> None:
         threads = [
             threading.Thread(
                 target=_feed,
-                args=(spec, target, state, save, parent),
+                args=(spec, target, state, save, parent, released),
                 name=f"trackmux-delivery-{target['name']}",
             )
             for target in spec["trackers"]
@@ -134,11 +134,10 @@ def parent_alive(parent: int) -> bool:
     return os.getppid() == parent
 
 
-def _feed(spec: dict, target: dict, state: dict, save, parent: int) -> None:
+def _feed(spec: dict, target: dict, state: dict, save, parent: int, released) -> None:
     from .replay import READ_LIMIT, Journal, Replay
 
     name = target["name"]
-    released = spec.get("released") or _ALWAYS_RELEASED
     failures = 0
     while True:
         entry = dict(state["trackers"].get(name) or {})
@@ -186,10 +185,6 @@ def _feed(spec: dict, target: dict, state: dict, save, parent: int) -> None:
                 logger.error("%s: giving up after %d failed attempts", name, failures)
                 return
             time.sleep(min(30.0, RETRY_AFTER * 2.0 ** (failures - 1)))
-
-
-_ALWAYS_RELEASED = threading.Event()
-_ALWAYS_RELEASED.set()
 
 
 def _tracker(target: dict):

@@ -225,19 +225,16 @@ def sync_run(
     if not os.path.isfile(log_file):
         raise FileNotFoundError(f"no run log at {log_file}")
     run_dir = os.path.dirname(os.path.abspath(log_file))
-    wanted = names + [t.name for t in trackers or ()]
-    try:
-        lock = _exclusive(run_dir)
-        lock.__enter__()
-    except SyncError:
-        # the delivery process of a training still running holds the run; what it delivered
-        # and closed needs nothing more
-        results = _delivered(run_dir, wanted)
-        if results is None:
-            raise
-        return results
     with contextlib.ExitStack() as stack:
-        stack.push(lock)
+        try:
+            stack.enter_context(_exclusive(run_dir))
+        except SyncError:
+            # the delivery process of a training still running holds the run; what it
+            # delivered and closed needs nothing more
+            results = _delivered(run_dir, names + [t.name for t in trackers or ()])
+            if results is None:
+                raise
+            return results
         run = read_run(run_dir)
         if output_dir is None:
             output_dir = default_output_dir(run_dir)
