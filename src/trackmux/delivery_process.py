@@ -44,13 +44,19 @@ def _leave_running() -> None:
     # a delivery process outlives the training process on purpose (it finishes delivering,
     # then exits): tell Popen not to warn at shutdown that it still runs
     for process in _BACKGROUND:
-        if process.stdin is not None and not process.stdin.closed:
-            try:
-                process.stdin.close()  # let go: it ends once its last session is delivered
-            except OSError:
-                pass
+        _let_go(process)
         if process.poll() is None:
             process.returncode = 0
+
+
+def _let_go(process: subprocess.Popen | None) -> None:
+    """Close the delivery process's stdin: no other session will come, so it exits once
+    its last one is delivered and closed."""
+    if process is not None and process.stdin is not None and not process.stdin.closed:
+        try:
+            process.stdin.close()
+        except OSError:
+            pass  # it is gone already
 
 
 def is_notice(logger_name: str, level: int) -> bool:
@@ -209,13 +215,8 @@ class DeliveryProcess:
         return {**spec, "backend_output": self.backend_output}
 
     def release(self) -> None:
-        """No other session will come: the process exits once the last one is delivered
-        and closed (it also does when this process exits)."""
-        if self.process is not None and not self.process.stdin.closed:
-            try:
-                self.process.stdin.close()
-            except OSError:
-                pass  # it is gone already
+        """No other session will come (it is also let go when this process exits)."""
+        _let_go(self.process)
 
     @property
     def pid(self) -> int | None:
