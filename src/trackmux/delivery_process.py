@@ -314,11 +314,9 @@ class DeliveryProcess:
         return False
 
     def _all_closed(self, total: int) -> bool:
-        entries = self.state()
-        return all(
-            e.get("records", 0) >= total and e.get("finished") is not None or e.get("gave_up")
-            for e in entries.values()
-        )
+        from .sync import delivered
+
+        return all(delivered(e, total) or e.get("gave_up") for e in self.state().values())
 
     def progress(self, total: int) -> str:
         return "; ".join(describe(name, entry, total) for name, entry in self.state().items())
@@ -329,10 +327,12 @@ class DeliveryProcess:
 
 def describe(name: str, entry: dict, total: int) -> str:
     """One tracker's delivery, in a few words: ``mlflow 120/145 records, open``."""
+    from .sync import delivered
+
     done = int(entry.get("records") or 0)
     if entry.get("gave_up"):
         how = f"given up: {entry.get('error')}"
-    elif done >= total and entry.get("finished") is not None:
+    elif delivered(entry, total):
         how = f"closed {entry.get('status')}"
     else:
         how = "delivering" + (f" (last error: {entry['error']})" if entry.get("error") else "")

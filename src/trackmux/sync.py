@@ -125,6 +125,12 @@ def state_path(run_dir) -> str:
     return os.path.join(os.fspath(run_dir), STATE_FILE)
 
 
+def delivered(entry: dict, total: int) -> bool:
+    """Whether a tracker's state entry has every one of the journal's ``total`` records
+    and its backend run closed (whatever the status)."""
+    return int(entry.get("records") or 0) >= total and entry.get("finished") is not None
+
+
 def read_state(run_dir) -> dict[str, Any]:
     """The sync state of a run directory (empty when it was never synced)."""
     path = state_path(run_dir)
@@ -281,7 +287,7 @@ def _delivered(run_dir: str, names: list[str]) -> list[SyncResult] | None:
     results = []
     for name in names:
         entry = entries.get(name) or {}
-        if int(entry.get("records") or 0) < total or entry.get("finished") is None:
+        if not delivered(entry, total):
             return None
         results.append(
             SyncResult(name, total=total, status=entry.get("status"), where=entry.get("where"))
